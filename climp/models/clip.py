@@ -1,0 +1,96 @@
+"""The dual encoder: any image tower and any text tower joined by a learned temperature.
+
+Towers are built from config dicts whose "type" names the tower; the remaining keys are that
+tower's config dataclass. Modules are imported on demand so one tower's heavy imports never
+burden a model that does not use it.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# tower type -> (module, config class, tower class)
+VISION_TOWERS: Dict[str, Tuple[str, str, str]] = {
+    "vmamba": ("climp.models.vmamba", "VMambaConfig", "VMambaVisionTower"),
+    "mamba1d": ("climp.models.vision1d", "Mamba1DVisionConfig", "Mamba1DVisionTower"),
+    "vit": ("climp.models.vit", "ViTVisionConfig", "ViTVisionTower"),
+}
+TEXT_TOWERS: Dict[str, Tuple[str, str, str]] = {
+    "mamba": ("climp.models.text", "MambaTextConfig", "MambaTextTower"),
+    "transformer": ("climp.models.text", "TransformerTextConfig", "TransformerTextTower"),
+}
+
+
+def _build_tower(registry: Dict[str, Tuple[str, str, str]], kind: str, cfg: Dict[str, Any], embed_dim: int) -> nn.Module:
+    cfg = dict(cfg)
+    tower_type = cfg.pop("type", None)
+    if tower_type not in registry:
+        raise ValueError(f"{kind}_cfg 'type' must be one of {sorted(registry)}, got {tower_type!r}")
+    module_name, cfg_name, tower_name = registry[tower_type]
+    module = importlib.import_module(module_name)
+    tower_cfg = getattr(module, cfg_name).from_dict(cfg)
+    return getattr(module, tower_name)(tower_cfg, embed_dim)
+
+
+def build_vision_tower(cfg: Dict[str, Any], embed_dim: int) -> nn.Module:
+    """Image tower from a config dict with a "type" key (vmamba, mamba1d, vit)."""
+    return _build_tower(VISION_TOWERS, "vision", cfg, embed_dim)
+
+
+def build_text_tower(cfg: Dict[str, Any], embed_dim: int) -> nn.Module:
+    """Text tower from a config dict with a "type" key (mamba, transformer)."""
+    return _build_tower(TEXT_TOWERS, "text", cfg, embed_dim)
+
+
+class CLIP(nn.Module):
+    """Two towers mapping images and token ids into one embed_dim space (open_clip's
+    CustomTextCLIP shape: `visual`, `text`, `logit_scale`, optional `logit_bias`)."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        vision_cfg: Dict[str, Any],
+        text_cfg: Dict[str, Any],
+        init_logit_scale: float = math.log(1 / 0.07),
+        init_logit_bias: Optional[float] = None,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.visual = build_vision_tower(vision_cfg, embed_dim)
+        self.text = build_text_tower(text_cfg, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias))) if init_logit_bias is not None else None
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.text(token_ids)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    def get_logits(self, images: torch.Tensor, token_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(image->text, text->image) similarity logits, scaled and biased."""
+        out = self(images, token_ids)
+        logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+        if out["logit_bias"] is not None:
+            logits = logits + out["logit_bias"]
+        return logits, logits.T
+
+    def forward(self, images: Optional[torch.Tensor] = None, token_ids: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+        """Normalised features plus exp'd logit scale and bias: the dict open_clip's losses take."""
+        return {
+            "image_features": self.encode_image(images, normalize=True) if images is not None else None,
+            "text_features": self.encode_text(token_ids, normalize=True) if token_ids is not None else None,
+            "logit_scale": self.logit_scale.exp(),
+            "logit_bias": self.logit_bias,
+        }
