@@ -9,9 +9,16 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..tokenizer import ClipBpeTokenizer
+from ..tokenizer import ClipBpeTokenizer, HFTokenizer
 from ..transforms import image_transform
 from .clip import CLIP
+from .pretrained import (
+    language_model_text_cfg,
+    load_image_tower_pretrained,
+    load_text_tower_pretrained,
+    looks_like_open_clip,
+    open_clip_to_climp_state_dict,
+)
 from .weights import load_state_dict_strict, read_state_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -50,12 +57,13 @@ def merge_overrides(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
 
 
 def model_from_config(cfg: Dict[str, Any]) -> CLIP:
-    """Build a CLIP from a config dict (embed_dim, vision_cfg, text_cfg, optional logit inits)."""
-    known = {"embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias"}
+    """Build a CLIP from a config dict (embed_dim, vision_cfg, text_cfg, optional logit inits,
+    optional `tokenizer`: a directory or file holding a language model's tokenizer.json)."""
+    known = {"embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias", "tokenizer"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-    model = CLIP(**cfg)
+    model = CLIP(**{k: v for k, v in cfg.items() if k != "tokenizer"})
     model.config = copy.deepcopy(cfg)
     return model
 
@@ -64,22 +72,42 @@ def create_model(
     name: Union[str, Path],
     pretrained: Optional[Union[str, Path]] = None,
     device: Optional[Union[str, torch.device]] = None,
+    image_pretrained: Optional[Union[str, Path]] = None,
+    text_pretrained: Optional[Union[str, Path]] = None,
     **overrides: Any,
 ) -> CLIP:
-    """Build a named model; `pretrained` is a checkpoint directory or weights file to load.
+    """Build a named model and optionally load weights.
 
-    A checkpoint directory written by `climp train` carries its own config.json, which wins over
-    the named config (so a model trained with overrides comes back as it was trained).
+    pretrained: a whole model: a checkpoint directory of `climp train` (its config.json wins over
+        the named config, so a model trained with overrides comes back as trained), a weights file,
+        or an open_clip checkpoint for the ViT/Transformer baselines.
+    image_pretrained: a VMamba ImageNet checkpoint or an open_clip checkpoint for the image tower.
+    text_pretrained: a Mamba / Mamba-2 language model directory (transformers or mamba_ssm layout);
+        the text tower takes the checkpoint's shapes, and a tokenizer.json beside the weights
+        becomes the model's tokenizer (its pad token is the tower's pad id).
     """
     cfg = get_model_config(name)
     if pretrained is not None:
         sidecar = Path(pretrained) / CONFIG_SIDECAR
         if Path(pretrained).is_dir() and sidecar.is_file():
             cfg = json.loads(sidecar.read_text()).get("model_cfg", cfg)
-    model = model_from_config(merge_overrides(cfg, overrides))
+    cfg = merge_overrides(cfg, overrides)
+    if text_pretrained is not None and cfg["text_cfg"].get("type") in ("mamba", "mamba2"):
+        cfg["text_cfg"] = language_model_text_cfg(text_pretrained, cfg["text_cfg"])
+        if (Path(text_pretrained) / "tokenizer.json").is_file():
+            cfg["tokenizer"] = str(Path(text_pretrained).resolve())
+            cfg["text_cfg"]["pad_id"] = HFTokenizer(cfg["tokenizer"]).pad_id
+    model = model_from_config(cfg)
     model.model_name = str(name)
     if pretrained is not None:
-        load_state_dict_strict(model, read_state_dict(pretrained), source=str(pretrained))
+        state = read_state_dict(pretrained)
+        if looks_like_open_clip(state):
+            state = open_clip_to_climp_state_dict(state)
+        load_state_dict_strict(model, state, source=str(pretrained))
+    if image_pretrained is not None:
+        load_image_tower_pretrained(model.visual, image_pretrained)
+    if text_pretrained is not None:
+        load_text_tower_pretrained(model.text, text_pretrained)
     if device is not None:
         model.to(device)
     return model
@@ -103,11 +131,23 @@ def create_model_and_transforms(
     return model, image_transform(size, is_train=True), image_transform(size, is_train=False)
 
 
-def get_tokenizer(name: Union[str, Path]) -> ClipBpeTokenizer:
-    """open_clip's BPE padded to the longest caption; truncated at the context length only for
-    Transformer text towers (Mamba towers read any length)."""
-    text_cfg = get_model_config(name)["text_cfg"]
+def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTokenizer]:
+    """The tokenizer of a named model, a checkpoint directory or a built model.
+
+    open_clip's BPE padded to the longest caption, truncated at the context length only for
+    Transformer text towers (Mamba towers read any length); a model started from a language
+    model's weights uses that model's tokenizer.json.
+    """
+    if isinstance(name, CLIP):
+        cfg = name.config
+    elif Path(name, CONFIG_SIDECAR).is_file():
+        cfg = json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"]
+    else:
+        cfg = get_model_config(name)
+    text_cfg = cfg["text_cfg"]
     max_length = text_cfg.get("context_length", 77) if text_cfg.get("type") == "transformer" else None
+    if cfg.get("tokenizer"):
+        return HFTokenizer(cfg["tokenizer"], max_length=max_length)
     return ClipBpeTokenizer(max_length=max_length)
 
 

@@ -22,9 +22,10 @@ def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
 
 def prepare_delta(delta: torch.Tensor, delta_bias: Optional[torch.Tensor], delta_softplus: bool) -> torch.Tensor:
     """Add the per-channel bias and apply softplus, as mamba_ssm does before the recurrence."""
-    delta = delta.float()
+    compute = torch.float64 if delta.dtype == torch.float64 else torch.float32
+    delta = delta.to(compute)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     return delta

@@ -1,0 +1,428 @@
+"""VMamba image tower (VMamba v2 layout): SS2D mixers in VSS blocks over a 4-stage pyramid.
+
+Feature maps are channel-last (batch, H, W, channels) inside the stages, as VMamba's
+non-channel-first path; SS2D turns to channel-first only for its depthwise conv and the
+four-direction scan. Module and parameter names follow VMamba's state dict, so its
+checkpoints load after `vmamba_checkpoint_to_tower`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+from climp.ops import cross_merge, cross_scan, selective_scan
+
+NUM_DIRECTIONS = 4
+
+# forward_type -> whether SS2D gates its output with silu(z) from a second in_proj half.
+# "v2" and "v05" differ in VMamba only by kernel choice (fp32 forcing, einsum vs conv1d).
+FORWARD_TYPES: Dict[str, bool] = {"v2": True, "v05": True, "v2_noz": False, "v05_noz": False}
+
+# Downsample versions between stages: conv kernel size and padding (stride 2, then LayerNorm).
+DOWNSAMPLE_KERNELS: Dict[str, Tuple[int, int]] = {"v2": (2, 0), "v3": (3, 1)}
+
+# VMamba v2 ImageNet backbones (classification/configs/vssm/vmambav2_{tiny,small,base}_224.yaml).
+VMAMBA_PRESETS: Dict[str, Dict[str, Any]] = {
+    "vmamba-t": {
+        "depths": [2, 2, 5, 2], "dims": 96, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
+        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
+        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.2,
+    },
+    "vmamba-s": {
+        "depths": [2, 2, 15, 2], "dims": 96, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
+        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
+        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.3,
+    },
+    "vmamba-b": {
+        "depths": [2, 2, 15, 2], "dims": 128, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
+        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
+        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.6,
+    },
+}
+
+
+@dataclass
+class VMambaConfig:
+    """Hyper-parameters of the VMamba tower; `image_size` is nominal (any divisible size runs)."""
+
+    image_size: int = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    depths: Sequence[int] = (2, 2, 9, 2)
+    dims: Union[int, Sequence[int]] = 96
+    d_state: int = 1
+    ssm_ratio: float = 2.0
+    dt_rank: Union[int, str] = "auto"
+    d_conv: int = 3
+    conv_bias: bool = True
+    forward_type: str = "v2"
+    mlp_ratio: float = 4.0
+    gmlp: bool = False
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.2
+    downsample: str = "v3"
+    patch_norm: bool = True
+    norm_eps: float = 1e-5
+    scan_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(int(d) for d in self.depths)
+        if not self.depths or min(self.depths) < 1:
+            raise ValueError(f"depths must be a non-empty list of positive ints, got {self.depths}")
+        if isinstance(self.dims, int):
+            self.dims = tuple(self.dims * 2**i for i in range(len(self.depths)))
+        else:
+            self.dims = tuple(int(d) for d in self.dims)
+        if len(self.dims) != len(self.depths):
+            raise ValueError(f"dims {self.dims} and depths {self.depths} must have the same length")
+        if self.patch_size < 2 or self.patch_size % 2:
+            raise ValueError(f"patch_size must be even (the stem is two stride patch_size/2 convs), got {self.patch_size}")
+        if self.forward_type not in FORWARD_TYPES:
+            raise ValueError(f"unknown forward_type {self.forward_type!r}; choose from {sorted(FORWARD_TYPES)}")
+        if self.downsample not in DOWNSAMPLE_KERNELS:
+            raise ValueError(f"unknown downsample {self.downsample!r}; choose from {sorted(DOWNSAMPLE_KERNELS)}")
+        if self.d_conv < 1 or self.d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be odd (1 disables the conv), got {self.d_conv}")
+        if self.ssm_ratio <= 0 or self.d_state < 1 or self.mlp_ratio < 0:
+            raise ValueError("ssm_ratio and d_state must be positive and mlp_ratio non-negative")
+        if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
+            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+
+    @property
+    def total_stride(self) -> int:
+        """Input pixels per feature of the last stage along each axis."""
+        return self.patch_size * 2 ** (len(self.depths) - 1)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VMambaConfig":
+        """Build from a JSON-style dict; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VMambaConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+
+class Permute(nn.Module):
+    """Reorder dimensions (switches between channel-first and channel-last layouts)."""
+
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class Mlp(nn.Module):
+    """Linear-GELU-Linear feed-forward on the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class GatedMlp(nn.Module):
+    """Gated feed-forward: fc1 gives a value half and a gate half, fc2(value * gelu(gate))."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.drop(self.fc2(value * self.act(gate)))
+
+
+class SS2D(nn.Module):
+    """2D selective scan: one SSM per traversal (rows, columns, and both reversed) of the map.
+
+    Each direction k has its own x_proj (dt, B, C from the features), dt_proj, A and D; the four
+    scans run as one grouped selective_scan call over channels laid out direction-major.
+    Input and output are channel-last (batch, H, W, d_model).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 1,
+        ssm_ratio: float = 2.0,
+        dt_rank: Union[int, str] = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = True,
+        forward_type: str = "v2",
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        scan_backend: str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if forward_type not in FORWARD_TYPES:
+            raise ValueError(f"unknown forward_type {forward_type!r}; choose from {sorted(FORWARD_TYPES)}")
+        self.gated = FORWARD_TYPES[forward_type]
+        self.d_inner = int(ssm_ratio * d_model)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        self.dt_range = (dt_min, dt_max, dt_init_floor)
+        k, d_inner = NUM_DIRECTIONS, self.d_inner
+
+        self.in_proj = nn.Linear(d_model, d_inner * (2 if self.gated else 1), bias=False)
+        self.conv2d = (
+            nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias)
+            if d_conv > 1 else None
+        )
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner, eps=norm_eps)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform dt."""
+        self.x_proj_weight.uniform_(-self.d_inner**-0.5, self.d_inner**-0.5)
+        self.dt_projs_weight.uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt_min, dt_max, floor = self.dt_range
+        u = torch.rand(self.dt_projs_bias.shape, device=self.dt_projs_bias.device)
+        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
+        self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d_inner, H, W) -> (batch, d_inner, H*W): the four directional scans, merged."""
+        batch, d_inner, height, width = x.shape
+        length = height * width
+        xs = cross_scan(x)  # (batch, 4, d_inner, L)
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (batch, 4, rank + 2 * state, L)
+        dts, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # (batch, 4, d_inner, L)
+        ys = selective_scan(
+            xs.reshape(batch, NUM_DIRECTIONS * d_inner, length),
+            dts.reshape(batch, NUM_DIRECTIONS * d_inner, length),
+            -torch.exp(self.A_logs.float()),
+            Bs.contiguous(),
+            Cs.contiguous(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+        return cross_merge(ys.view(batch, NUM_DIRECTIONS, d_inner, length), height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        xz = self.in_proj(x)
+        if self.gated:
+            xz, z = xz.chunk(2, dim=-1)
+        u = xz.permute(0, 3, 1, 2)
+        if self.conv2d is not None:
+            u = self.conv2d(u)
+        y = self.scan_2d(self.act(u))
+        y = self.out_norm(y.transpose(1, 2)).view(batch, height, width, self.d_inner)
+        if self.gated:
+            y = y * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+
+class VSSBlock(nn.Module):
+    """Pre-norm residual block: x + SS2D(norm(x)), then x + MLP(norm2(x)) (no MLP if mlp_ratio=0)."""
+
+    def __init__(self, dim: int, cfg: VMambaConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.op = SS2D(
+            dim, d_state=cfg.d_state, ssm_ratio=cfg.ssm_ratio, dt_rank=cfg.dt_rank, d_conv=cfg.d_conv,
+            conv_bias=cfg.conv_bias, forward_type=cfg.forward_type, dropout=cfg.drop_rate,
+            norm_eps=cfg.norm_eps, scan_backend=cfg.scan_backend,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2: Optional[nn.LayerNorm] = None
+        self.mlp: Optional[nn.Module] = None
+        if cfg.mlp_ratio > 0:
+            mlp_cls = GatedMlp if cfg.gmlp else Mlp
+            self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+            self.mlp = mlp_cls(dim, int(dim * cfg.mlp_ratio), drop=cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+def make_patch_embed(cfg: VMambaConfig) -> nn.Sequential:
+    """VMamba "v2" stem: two stride-(patch/2) convs with LayerNorm + GELU between; out channel-last."""
+    stride = cfg.patch_size // 2
+    kernel, padding = 2 * (stride // 2) + 1, stride // 2
+    mid, out = cfg.dims[0] // 2, cfg.dims[0]
+
+    def norm(dim: int) -> nn.Module:
+        return nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.patch_norm else nn.Identity()
+
+    return nn.Sequential(
+        nn.Conv2d(cfg.in_chans, mid, kernel, stride=stride, padding=padding),
+        Permute(0, 2, 3, 1),
+        norm(mid),
+        Permute(0, 3, 1, 2),
+        nn.GELU(),
+        nn.Conv2d(mid, out, kernel, stride=stride, padding=padding),
+        Permute(0, 2, 3, 1),
+        norm(out),
+    )
+
+
+def make_downsample(dim: int, out_dim: int, cfg: VMambaConfig) -> nn.Sequential:
+    """Halve H and W with a stride-2 conv, then LayerNorm; channel-last in and out."""
+    kernel, padding = DOWNSAMPLE_KERNELS[cfg.downsample]
+    return nn.Sequential(
+        Permute(0, 3, 1, 2),
+        nn.Conv2d(dim, out_dim, kernel, stride=2, padding=padding),
+        Permute(0, 2, 3, 1),
+        nn.LayerNorm(out_dim, eps=cfg.norm_eps),
+    )
+
+
+class VSSStage(nn.Module):
+    """A run of VSS blocks at one resolution, then the downsample to the next stage."""
+
+    def __init__(self, blocks: List[VSSBlock], downsample: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.downsample = downsample
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.downsample(x)
+
+
+class VMambaVisionTower(nn.Module):
+    """VMamba backbone + global average pool + Linear to the joint embedding: (B,3,H,W) -> (B,E).
+
+    No positional embedding, so any H, W divisible by `cfg.total_stride` works.
+    """
+
+    def __init__(self, cfg: VMambaConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dims = list(cfg.dims)
+        drop_rates = linear_drop_path_rates(cfg.drop_path_rate, sum(cfg.depths))
+        self.patch_embed = make_patch_embed(cfg)
+        self.layers = nn.ModuleList()
+        start = 0
+        for i, depth in enumerate(cfg.depths):
+            blocks = [VSSBlock(dims[i], cfg, drop_path=r) for r in drop_rates[start:start + depth]]
+            start += depth
+            last = i == len(cfg.depths) - 1
+            downsample = nn.Identity() if last else make_downsample(dims[i], dims[i + 1], cfg)
+            self.layers.append(VSSStage(blocks, downsample))
+        self.norm = nn.LayerNorm(dims[-1], eps=cfg.norm_eps)
+        self.head = nn.Linear(dims[-1], embed_dim)
+        self.apply(init_weights)
+
+    @property
+    def num_features(self) -> int:
+        return self.cfg.dims[-1]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each VSS block in backward instead of storing its activations."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Switch every SS2D's selective-scan backend (e.g. "reference" for double backward)."""
+        self.cfg.scan_backend = backend
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.scan_backend = backend
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a ValueError naming what is wrong with an image batch."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (batch, channels, H, W), got shape {tuple(images.shape)}")
+        batch, chans, height, width = images.shape
+        if chans != self.cfg.in_chans:
+            raise ValueError(f"images have {chans} channels, the tower expects {self.cfg.in_chans}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor, got dtype {images.dtype}")
+        if batch == 0:
+            raise ValueError("images is an empty batch")
+        stride = self.cfg.total_stride
+        if height % stride or width % stride:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the VMamba total stride {stride} "
+                f"(patch_size {self.cfg.patch_size} * 2**{len(self.cfg.depths) - 1})"
+            )
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) -> pooled features (batch, num_features), before the projection."""
+        self.check_images(images)
+        x = self.patch_embed(images)
+        for stage in self.layers:
+            x = stage(x)
+        return self.norm(x).mean(dim=(1, 2))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(images))
+
+
+def linear_drop_path_rates(max_rate: float, num_blocks: int) -> List[float]:
+    """Stochastic depth rising linearly from 0 at the first block to max_rate at the last."""
+    if num_blocks == 1:
+        return [0.0]
+    return [max_rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """VMamba's init: truncated-normal Linear weights (std 0.02), zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def vmamba_checkpoint_to_tower(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Map an official VMamba classification state dict onto VMambaVisionTower's names.
+
+    The backbone names already agree; the final norm moves from `classifier.norm` to `norm`
+    and the ImageNet `classifier.head` is dropped (the tower's `head` is the CLIP projection).
+    """
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("classifier.head."):
+            continue
+        out[key.replace("classifier.norm.", "norm.", 1) if key.startswith("classifier.norm.") else key] = value
+    return out

@@ -1,0 +1,196 @@
+"""VMamba tower: shapes at several resolutions, input errors, SS2D against a per-direction loop,
+gradients, batch independence, and the paper-size parameter counts."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from climp.models.vmamba import (
+    SS2D,
+    VMAMBA_PRESETS,
+    VMambaConfig,
+    VMambaVisionTower,
+    vmamba_checkpoint_to_tower,
+)
+from climp.ops import selective_scan_reference
+
+
+def tiny_config(**overrides) -> VMambaConfig:
+    base = dict(dims=16, depths=[1, 1, 1, 1], d_state=2, drop_path_rate=0.1)
+    base.update(overrides)
+    return VMambaConfig.from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def tower() -> VMambaVisionTower:
+    torch.manual_seed(0)
+    return VMambaVisionTower(tiny_config(), embed_dim=24).eval()
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (64, 96), (128, 128)])
+def test_forward_shapes_any_divisible_size(tower, size):
+    images = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        pooled = tower.forward_features(images)
+        out = tower.head(pooled)
+    assert out.shape == (2, 24)
+    assert pooled.shape == (2, tower.num_features) == (2, 128)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", [(30, 30), (32, 40), (48, 32), (16, 16)])
+def test_indivisible_size_is_rejected(tower, size):
+    with pytest.raises(ValueError, match=rf"{size[0]}x{size[1]}.*stride 32"):
+        tower(torch.randn(1, 3, *size))
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.randn(3, 32, 32), "batch, channels"),
+        (torch.randn(1, 1, 32, 32), "1 channels"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float"),
+        (torch.randn(0, 3, 32, 32), "empty"),
+    ],
+)
+def test_bad_inputs_raise(tower, images, message):
+    with pytest.raises(ValueError, match=message):
+        tower(images)
+
+
+def test_config_from_dict_rejects_unknown_keys_and_expands_dims():
+    cfg = VMambaConfig.from_dict({"dims": 24, "depths": [1, 2, 3]})
+    assert cfg.dims == (24, 48, 96) and cfg.total_stride == 16
+    with pytest.raises(ValueError, match="embed_dimm"):
+        VMambaConfig.from_dict({"embed_dimm": 96})
+    with pytest.raises(ValueError, match="forward_type"):
+        VMambaConfig(forward_type="v9")
+    with pytest.raises(ValueError, match="same length"):
+        VMambaConfig(dims=[8, 16], depths=[1, 1, 1])
+
+
+def traversal_orders(height: int, width: int):
+    """Flat row-major positions visited by SS2D's four scans, built by explicit loops."""
+    rows = [h * width + w for h in range(height) for w in range(width)]
+    cols = [h * width + w for w in range(width) for h in range(height)]
+    return [rows, cols, rows[::-1], cols[::-1]]
+
+
+def ss2d_slow(op: SS2D, x: torch.Tensor) -> torch.Tensor:
+    """SS2D computed one direction at a time with the sequential reference scan, ungrouped B/C."""
+    batch, height, width, _ = x.shape
+    d_inner, state, rank = op.d_inner, op.d_state, op.dt_rank
+    proj = F.linear(x, op.in_proj.weight)
+    u, z = (proj[..., :d_inner], proj[..., d_inner:]) if op.gated else (proj, None)
+    u = u.permute(0, 3, 1, 2)
+    if op.conv2d is not None:
+        u = op.conv2d(u)
+    u = F.silu(u).reshape(batch, d_inner, height * width)
+    merged = torch.zeros_like(u)
+    for k, order in enumerate(traversal_orders(height, width)):
+        seq = u[:, :, order]
+        dbl = torch.einsum("cd,bdl->bcl", op.x_proj_weight[k], seq)
+        dt = torch.einsum("dr,brl->bdl", op.dt_projs_weight[k], dbl[:, :rank])
+        channels = slice(k * d_inner, (k + 1) * d_inner)
+        y = selective_scan_reference(
+            seq, dt, -torch.exp(op.A_logs[channels]), dbl[:, rank:rank + state], dbl[:, rank + state:],
+            D=op.Ds[channels], delta_bias=op.dt_projs_bias[k], delta_softplus=True,
+        )
+        merged[:, :, order] += y
+    y = F.layer_norm(merged.transpose(1, 2), (d_inner,), op.out_norm.weight, op.out_norm.bias, op.out_norm.eps)
+    y = y.reshape(batch, height, width, d_inner)
+    if z is not None:
+        y = y * F.silu(z)
+    return F.linear(y, op.out_proj.weight)
+
+
+@pytest.mark.parametrize("forward_type", ["v2", "v05_noz"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-6)])
+def test_ss2d_matches_per_direction_loop(forward_type, dtype, tol):
+    torch.manual_seed(1)
+    op = SS2D(12, d_state=3, ssm_ratio=2.0, forward_type=forward_type).to(dtype)
+    with torch.no_grad():  # break the init symmetry so every parameter matters
+        for p in op.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 5, 7, 12, dtype=dtype)
+    fast, slow = op(x), ss2d_slow(op, x)
+    assert fast.shape == (2, 5, 7, 12)
+    assert (fast - slow).abs().max().item() <= tol
+
+
+def test_forward_types_differ_in_gating_width():
+    gated, plain = SS2D(16, forward_type="v2"), SS2D(16, forward_type="v05_noz")
+    assert gated.in_proj.out_features == 2 * plain.in_proj.out_features == 64
+
+
+def test_dt_bias_init_inverts_softplus_into_range():
+    op = SS2D(32, ssm_ratio=2.0)
+    dt = F.softplus(op.dt_projs_bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+    assert torch.equal(op.A_logs[:, 0], torch.zeros(4 * 64))
+    assert op.x_proj_weight.shape == (4, 2 + 2 * 1, 64) and op.dt_projs_weight.shape == (4, 64, 2)
+
+
+@pytest.mark.parametrize("forward_type", ["v2", "v05_noz"])
+def test_backward_reaches_every_parameter(forward_type):
+    torch.manual_seed(2)
+    tower = VMambaVisionTower(tiny_config(forward_type=forward_type, gmlp=True), embed_dim=8).train()
+    tower(torch.randn(1, 3, 32, 64)).pow(2).sum().backward()
+    for name, p in tower.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    torch.manual_seed(3)
+    tower = VMambaVisionTower(tiny_config(drop_path_rate=0.0), embed_dim=8)
+    images = torch.randn(1, 3, 32, 32)
+    tower(images).sum().backward()
+    plain = {n: p.grad.clone() for n, p in tower.named_parameters()}
+    tower.zero_grad()
+    tower.set_grad_checkpointing(True)
+    tower(images).sum().backward()
+    for name, p in tower.named_parameters():
+        torch.testing.assert_close(p.grad, plain[name], msg=name)
+
+
+def test_batch_independence_in_eval(tower):
+    torch.manual_seed(4)
+    a, b, c = torch.randn(3, 1, 3, 32, 32).unbind(0)
+    with torch.no_grad():
+        alone = tower(a)
+        with_b = tower(torch.cat([a, b]))[:1]
+        with_c = tower(torch.cat([c, a]))[1:]
+    torch.testing.assert_close(with_b, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_c, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, millions", [("vmamba-t", 30), ("vmamba-s", 50), ("vmamba-b", 89)])
+def test_preset_parameter_counts(name, millions):
+    with torch.device("meta"):
+        tower = VMambaVisionTower(VMambaConfig.from_dict(VMAMBA_PRESETS[name]), embed_dim=512)
+    count = sum(p.numel() for n, p in tower.named_parameters() if not n.startswith("head."))
+    assert math.isclose(count / 1e6, millions, rel_tol=0.05), count
+
+
+def test_vmamba_checkpoint_names_load():
+    tower = VMambaVisionTower(tiny_config(), embed_dim=8)
+    official = {("classifier.norm." + k[5:] if k.startswith("norm.") else k): v
+                for k, v in tower.state_dict().items() if not k.startswith("head.")}
+    official["classifier.head.weight"] = torch.zeros(1000, 128)
+    assert "patch_embed.0.weight" in official and "layers.0.downsample.1.weight" in official
+    assert "layers.0.blocks.0.op.x_proj_weight" in official
+    missing, unexpected = tower.load_state_dict(vmamba_checkpoint_to_tower(official), strict=False)
+    assert missing == ["head.weight", "head.bias"] and unexpected == []
+
+
+def test_set_scan_backend_reaches_every_ss2d():
+    tower = VMambaVisionTower(tiny_config(), embed_dim=8)
+    tower.set_scan_backend("reference")
+    backends = {m.scan_backend for m in tower.modules() if isinstance(m, SS2D)}
+    assert backends == {"reference"} and tower.cfg.scan_backend == "reference"
+    tower.set_scan_backend("no-such-kernel")
+    with pytest.raises(ValueError, match="no-such-kernel"):
+        tower(torch.randn(1, 3, 32, 32))
