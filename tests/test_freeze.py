@@ -1,0 +1,32 @@
+"""Layer groups cover every parameter once; locking freezes exactly the requested groups."""
+import pytest
+import torch
+
+import climp
+from climp.models.freeze import layer_groups, lock_tower
+
+
+@pytest.mark.parametrize("name", ["climp-tiny", "clip-vit-tiny", "climp-mamba1d-tiny"])
+def test_groups_partition_each_tower(name):
+    with torch.device("meta"):
+        model = climp.create_model(name)
+    for tower in (model.visual, model.text):
+        groups = layer_groups(tower)
+        ids = [id(p) for g in groups for p in g]
+        assert len(ids) == len(set(ids)) == len(list(tower.parameters()))
+        assert all(groups), "every group holds parameters"
+
+
+def test_lock_all_but_last_two_groups():
+    with torch.device("meta"):
+        model = climp.create_model("climp-tiny")
+    model.lock_text_tower(unlocked_groups=2)
+    trainable = {n for n, p in model.text.named_parameters() if p.requires_grad}
+    last_layer = f"backbone.layers.{model.text.cfg.n_layer - 1}."
+    assert trainable and all(n.startswith((last_layer, "backbone.norm_f.", "proj.")) for n in trainable)
+    assert any(n.startswith(last_layer) for n in trainable) and "proj.weight" in trainable
+    model.lock_image_tower()
+    assert not any(p.requires_grad for p in model.visual.parameters())
+    assert model.logit_scale.requires_grad
+    with pytest.raises(ValueError, match="unlocked_groups must be in"):
+        lock_tower(model.visual, 1000)
