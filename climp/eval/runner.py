@@ -1,0 +1,229 @@
+"""`evaluate(model, tokenizer, preprocess, tasks, settings)`: run any subset of the evaluation
+tasks on the embedded benchmark and on local real data, returning a JSON-ready dict."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import datasets as real
+from .dense_captions import evaluate_dense_retrieval
+from .features import ImageFn, class_embeddings, clip_normalize, image_pipeline, pixels_from_image, split_preprocess
+from .hubness import evaluate_hubness
+from .ood_detection import evaluate_ood_detection
+from .resolution import evaluate_resolution
+from .retrieval import evaluate_retrieval
+from .shape_bias import CueConflictFolder, evaluate_shape_bias
+from .shifts import SHIFTS, get_shift, shift_op
+from .spurious import evaluate_spurious
+from .zeroshot import evaluate_zero_shot, zero_shot_logits
+
+TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
+EMBEDDED = "embedded"
+
+
+@dataclass
+class EvalSettings:
+    """Data sizes and local data locations; embedded-benchmark data is always evaluated."""
+    batch_size: int = 64
+    num_samples: int = 200
+    seed: int = 0
+    resolution: Optional[int] = None  # embedded benchmark side; None: the model's training side
+    captions_per_image: int = 5
+    dataset_root: Optional[str] = None
+    datasets: List[str] = field(default_factory=list)  # real zero-shot datasets under dataset_root
+    split: str = "test"
+    retrieval_file: Optional[str] = None
+    dense_file: Optional[str] = None
+    image_root: Optional[str] = None  # images of caption files; default: the file's folder
+    ood_root: Optional[str] = None  # OOD images for the embedded shape task or ood_in_dataset
+    ood_in_dataset: Optional[str] = None
+    cue_conflict_root: Optional[str] = None
+    shifts: List[str] = field(default_factory=lambda: list(SHIFTS))
+    shift_dataset: Optional[str] = None  # a real dataset name from `datasets`; default embedded shape task
+    resolution_scales: List[int] = field(default_factory=lambda: [1, 2, 4])
+    hubness_k: int = 10
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "EvalSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown eval settings {unknown}; known: {sorted(known)}")
+        settings = cls(**values)
+        for name in settings.shifts:
+            get_shift(name)
+        if settings.datasets and not settings.dataset_root:
+            raise ValueError("datasets given without dataset_root")
+        return settings
+
+
+def model_image_side(model: torch.nn.Module, default: int = 224) -> int:
+    """The training side of the image tower, from the model config or the tower."""
+    size = getattr(model, "config", {}).get("vision_cfg", {}).get("image_size") if hasattr(model, "config") else None
+    size = size or getattr(model.visual, "image_size", None) or default
+    return int(size if isinstance(size, int) else size[0])
+
+
+def resized(pixels: torch.Tensor, side: int) -> torch.Tensor:
+    if pixels.shape[-2:] == (side, side):
+        return pixels
+    return F.interpolate(pixels[None], size=(side, side), mode="bicubic", antialias=True, align_corners=False)[0]
+
+
+class Evaluation:
+    """One model's evaluation; each task method returns {data name: metrics}."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, preprocess: Optional[Callable],
+                 settings: EvalSettings):
+        from climp.data import synthetic
+        self.synthetic = synthetic
+        self.model, self.tokenizer, self.s = model.eval(), tokenizer, settings
+        self.side = settings.resolution or model_image_side(model)
+        self.embedded_fn = image_pipeline()  # the embedded scenes render at the requested side
+        if preprocess is not None:
+            self.to_pixels, self.normalize = split_preprocess(preprocess)
+        else:
+            self.to_pixels = lambda im: resized(pixels_from_image(im), self.side)
+            self.normalize = clip_normalize
+        self.real_fn = image_pipeline(self.to_pixels, self.normalize)
+        self._real_sets: Dict[str, real.ClassificationSet] = {}
+
+    def embedded_tasks(self, side: Optional[int] = None) -> Dict[str, Any]:
+        return self.synthetic.zero_shot_tasks(self.s.split, self.s.num_samples, side or self.side, self.s.seed)
+
+    def embedded_retrieval(self, style: str = "short", side: Optional[int] = None):
+        return self.synthetic.retrieval_set(self.s.split, self.s.num_samples, side or self.side, self.s.seed,
+                                            caption_style=style, captions_per_image=self.s.captions_per_image)
+
+    def real_set(self, name: str) -> real.ClassificationSet:
+        if name not in self._real_sets:
+            if not self.s.dataset_root:
+                raise ValueError(f"dataset {name!r} needs --dataset-root")
+            self._real_sets[name] = real.load_classification_set(name, self.s.dataset_root, split=self.s.split)
+        return self._real_sets[name]
+
+    def zeroshot(self) -> Dict[str, Any]:
+        out = {f"{EMBEDDED}/{name}": evaluate_zero_shot(self.model, self.tokenizer, task, self.embedded_fn,
+                                                        self.s.batch_size)
+               for name, task in self.embedded_tasks().items()}
+        for name in self.s.datasets:
+            out[name] = evaluate_zero_shot(self.model, self.tokenizer, self.real_set(name), self.real_fn,
+                                           self.s.batch_size)
+        return out
+
+    def retrieval(self) -> Dict[str, Any]:
+        out = {f"{EMBEDDED}/short": evaluate_retrieval(self.model, self.tokenizer, self.embedded_retrieval(),
+                                                       self.embedded_fn, self.s.batch_size)}
+        if self.s.retrieval_file:
+            data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
+            out[self.s.retrieval_file] = evaluate_retrieval(self.model, self.tokenizer, data, self.real_fn,
+                                                            self.s.batch_size)
+        return out
+
+    def shifts(self) -> Dict[str, Any]:
+        """Top-1 accuracy per shift and level on the shift dataset."""
+        if self.s.shift_dataset:
+            task, to_pixels, name = self.real_set(self.s.shift_dataset), self.to_pixels, self.s.shift_dataset
+        else:
+            task, to_pixels, name = self.embedded_tasks()["shape"], pixels_from_image, f"{EMBEDDED}/shape"
+        weights = class_embeddings(self.model, self.tokenizer, task.classnames, task.templates)
+        curves: Dict[str, Any] = {}
+        for shift_name in self.s.shifts:
+            shift = get_shift(shift_name)
+            accs = []
+            for level in shift.levels:
+                fn = image_pipeline(to_pixels, self.normalize, shift_op(shift_name, level, self.s.seed))
+                logits, labels, _ = zero_shot_logits(self.model, self.tokenizer, task.classnames, task.templates,
+                                                     task.dataset, fn, self.s.batch_size,
+                                                     desc=f"{shift_name}@{level:g}", weights=weights)
+                accs.append((logits.argmax(1) == labels).float().mean().item())
+            curves[shift_name] = {"levels": list(shift.levels), "accuracy": accs, "level_label": shift.level_label}
+        return {name: curves}
+
+    def spurious(self) -> Dict[str, Any]:
+        task = self.synthetic.spurious_task(self.s.split, self.s.num_samples, self.side, self.s.seed)
+        result = evaluate_spurious(self.model, self.tokenizer, task, self.embedded_fn, self.s.batch_size)
+        names = getattr(task, "group_names", None)
+        if names:
+            result["group_accuracy"] = {names[int(g)]: v for g, v in result["group_accuracy"].items()}
+        return {f"{EMBEDDED}/{task.name}": result}
+
+    def ood(self) -> Dict[str, Any]:
+        """In-distribution: the embedded shape task (or ood_in_dataset); OOD: images under ood_root,
+        else the same images fully phase-scrambled (no object shape left)."""
+        if self.s.ood_in_dataset:
+            task, in_fn = self.real_set(self.s.ood_in_dataset), self.real_fn
+        else:
+            task, in_fn = self.embedded_tasks()["shape"], self.embedded_fn
+        if self.s.ood_root:
+            ood_data, ood_fn, ood_name = real.ImageOnlyFolder(self.s.ood_root), self.real_fn, self.s.ood_root
+        else:
+            scrambled = shift_op("phase_scrambling", 180.0, self.s.seed)
+            to_pixels = self.to_pixels if self.s.ood_in_dataset else pixels_from_image
+            ood_data, ood_fn, ood_name = task.dataset, image_pipeline(to_pixels, self.normalize, scrambled), \
+                "phase_scrambled"
+        result = evaluate_ood_detection(self.model, self.tokenizer, task.classnames, task.templates, task.dataset,
+                                        ood_data, in_fn, ood_fn, self.s.batch_size)
+        return {f"{task.name} vs {ood_name}": result}
+
+    def resolution(self) -> Dict[str, Any]:
+        def fn_for_side(side: int) -> ImageFn:
+            if self.s.shift_dataset:
+                return image_pipeline(self.to_pixels, self.normalize, lambda x: resized(x, side))
+            return self.embedded_fn
+        if self.s.shift_dataset:
+            make_task, make_retrieval = (lambda side: self.real_set(self.s.shift_dataset)), None
+            name = self.s.shift_dataset
+        else:
+            make_task = lambda side: self.embedded_tasks(side)["shape"]
+            make_retrieval = lambda side: self.embedded_retrieval("short", side)
+            name = EMBEDDED
+        return {name: evaluate_resolution(self.model, self.tokenizer, self.side, self.s.resolution_scales,
+                                          make_task, fn_for_side, make_retrieval, self.s.batch_size)}
+
+    def dense(self) -> Dict[str, Any]:
+        out = {f"{EMBEDDED}/dense": evaluate_dense_retrieval(self.model, self.tokenizer,
+                                                             self.embedded_retrieval("dense"), self.embedded_fn,
+                                                             self.s.batch_size)}
+        if self.s.dense_file:
+            data = real.CaptionDataset(self.s.dense_file, self.s.image_root)
+            out[self.s.dense_file] = evaluate_dense_retrieval(self.model, self.tokenizer, data, self.real_fn,
+                                                              self.s.batch_size)
+        return out
+
+    def hubness(self) -> Dict[str, Any]:
+        out = {f"{EMBEDDED}/short": evaluate_hubness(self.model, self.tokenizer, self.embedded_retrieval(),
+                                                     self.embedded_fn, self.s.batch_size, self.s.hubness_k)}
+        if self.s.retrieval_file:
+            data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
+            out[self.s.retrieval_file] = evaluate_hubness(self.model, self.tokenizer, data, self.real_fn,
+                                                          self.s.batch_size, self.s.hubness_k)
+        return out
+
+    def shape_bias(self) -> Dict[str, Any]:
+        data = self.synthetic.cue_conflict_set(self.s.num_samples, self.side, self.s.seed)
+        out = {f"{EMBEDDED}/cue_conflict": evaluate_shape_bias(self.model, self.tokenizer, data, data.classnames,
+                                                               data.templates, self.embedded_fn, self.s.batch_size)}
+        if self.s.cue_conflict_root:
+            folder = CueConflictFolder(self.s.cue_conflict_root)
+            out[self.s.cue_conflict_root] = evaluate_shape_bias(self.model, self.tokenizer, folder, folder.classnames,
+                                                                real.DEFAULT_TEMPLATES, self.real_fn,
+                                                                self.s.batch_size)
+        return out
+
+
+def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Optional[Callable],
+             tasks: Sequence[str], settings: Optional[EvalSettings | Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Run the named tasks (see TASKS); preprocess (PIL -> normalised tensor, a Compose ending in
+    Normalize) is used for real data, None resizes to the model's side with CLIP normalisation."""
+    if settings is None or isinstance(settings, Mapping):
+        settings = EvalSettings.from_dict(dict(settings or {}))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS)}")
+    run = Evaluation(model, tokenizer, preprocess, settings)
+    return {task: getattr(run, task)() for task in tasks}

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from climp.eval.efficiency import (count_flops, measure_peak_memory, profile_tower, scan_flops_counted,
+                                   selective_scan_flops)
+from climp.ops import selective_scan, selective_scan_reference
+
+
+def scan_inputs(device="cpu", b=2, d=6, l=10, n=4):
+    g = torch.Generator().manual_seed(0)
+    t = [torch.randn(b, d, l, generator=g), torch.rand(b, d, l, generator=g), -torch.rand(d, n, generator=g),
+         torch.randn(b, n, l, generator=g), torch.randn(b, n, l, generator=g), torch.randn(d, generator=g)]
+    return [x.to(device) for x in t]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_scan_flops_follow_the_formula_on_cpu_and_meta(device):
+    u, delta, A, B, C, D = scan_inputs(device)
+    linear = torch.randn(10, 3, device=device)
+    r = count_flops(lambda x: selective_scan(x, delta, A, B, C, D=D, z=x) @ linear, u)
+    scan = selective_scan_flops(2, 6, 10, 4, with_D=True, with_z=True)
+    assert scan == 9 * 2 * 6 * 10 * 4 + 2 * 2 * 6 * 10
+    assert r["flops_by_op"]["climp_eval.selective_scan"] == scan
+    assert r["flops"] == scan + 2 * (2 * 6) * 10 * 3  # plus the matmul
+
+
+def test_counted_scan_returns_the_same_values():
+    u, delta, A, B, C, D = scan_inputs()
+    with scan_flops_counted():
+        y = selective_scan(u, delta, A, B, C, D=D, delta_softplus=True)
+    assert torch.allclose(y, selective_scan_reference(u, delta, A, B, C, D=D, delta_softplus=True), atol=1e-5)
+
+
+def test_peak_memory_tracks_live_storages():
+    def fn(x):
+        a = x * 2          # 4000 bytes live
+        b = a + 1          # 8000 peak
+        del a
+        c = b.view(-1) * 3  # b and c: 8000
+        return c.sum()     # + 4 bytes while b and c are live
+    r = measure_peak_memory(fn, torch.randn(1000))
+    assert r["peak_activation_bytes"] == 8004
+
+
+def test_weights_and_their_views_are_not_counted():
+    lin = torch.nn.Linear(64, 32)
+    r = measure_peak_memory(lin, torch.randn(4, 64))
+    assert r["peak_activation_bytes"] == 4 * 32 * 4
+
+
+def test_profile_tower_reports_flops_memory_and_throughput():
+    tower = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+    r = profile_tower(tower, lambda dev, n: torch.randn(n, 16, device=dev), batch=3, repeats=1)
+    assert r["flops"] == 2 * 16 * 8 and r["params"] == 16 * 8 + 8
+    assert r["items_per_second"] > 0 and r["peak_activation_bytes"] == 2 * 3 * 8 * 4
+    assert next(tower.parameters()).device.type == "cpu"
