@@ -1,0 +1,18 @@
+"""Hessian analysis of the contrastive loss: Hessian-vector products over batches, top
+eigenvalues (Lanczos), trace (Hutchinson), spectral density (SLQ) and loss-landscape slices."""
+from .contrastive import ContrastiveLoss, make_batches
+from .density import SpectralDensity, slq_quadratures, spectral_density
+from .eigen import EigenResult, lanczos, top_eigenpairs
+from .hvp import HessianOperator, analysis_mode
+from .landscape import filter_normalized_direction, loss_slice
+from .params import select_parameters
+from .plots import plot_results
+from .report import HessianSettings, analyse_hessian, format_table
+from .trace import TraceEstimate, hutchinson_trace
+
+__all__ = [
+    "ContrastiveLoss", "make_batches", "SpectralDensity", "slq_quadratures", "spectral_density",
+    "EigenResult", "lanczos", "top_eigenpairs", "HessianOperator", "analysis_mode",
+    "filter_normalized_direction", "loss_slice", "select_parameters", "plot_results",
+    "HessianSettings", "analyse_hessian", "format_table", "TraceEstimate", "hutchinson_trace",
+]

@@ -1,0 +1,227 @@
+"""One Hessian analysis end to end (eigenvalues, trace, density, landscape) and its table.
+
+`analyse_hessian` is the entry point shared by `climp hessian`, `climp reproduce` and Python
+users; it works for any loss_fn(model, batch) -> scalar and list of batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .density import slq_quadratures, spectral_density
+from .eigen import top_eigenpairs
+from .hvp import HessianOperator, LossFn
+from .landscape import filter_normalized_direction, loss_slice
+from .params import select_parameters
+from .trace import hutchinson_trace
+
+LANDSCAPE_MODES = ("none", "1d", "2d")
+DIRECTION_KINDS = ("eigen", "random")
+
+
+@dataclass
+class HessianSettings:
+    """Knobs of one analysis. Defaults (about 50 Hessian-vector products) keep a tiny model
+    on a CPU in minutes; publication-grade numbers want more (e.g. top_k 5, lanczos_steps 60,
+    hutchinson_samples 100, slq_runs 5 x slq_steps 80).
+
+    top_k / lanczos_steps / lanczos_tol: eigenvalues (Lanczos, stops at tol relative residual);
+    hutchinson_samples / confidence: trace and its confidence interval;
+    slq_runs / slq_steps / density_grid / density_sigma (relative to the spectral range) /
+    zero_tol (relative, for negative mass): spectral density;
+    landscape ("none", "1d", "2d") / landscape_directions ("eigen": top eigenvectors, unit norm;
+    "random": filter-normalised) / landscape_steps per axis / landscape_range (coordinates in
+    [-range, range]) / ignore_1d (zero direction on biases and norms, random directions only);
+    seed: every random draw; cache_graph: keep gradient graphs between products (faster, more
+    memory); progress: tqdm bars.
+    """
+
+    top_k: int = 2
+    lanczos_steps: int = 20
+    lanczos_tol: float = 1e-2
+    hutchinson_samples: int = 10
+    confidence: float = 0.95
+    slq_runs: int = 1
+    slq_steps: int = 20
+    density_grid: int = 1000
+    density_sigma: float = 0.01
+    zero_tol: float = 1e-4
+    landscape: str = "1d"
+    landscape_directions: str = "eigen"
+    landscape_steps: int = 11
+    landscape_range: float = 1.0
+    ignore_1d: bool = False
+    seed: int = 0
+    cache_graph: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("top_k", "lanczos_steps", "slq_runs", "slq_steps", "landscape_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"HessianSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hutchinson_samples < 2:
+            raise ValueError(f"HessianSettings.hutchinson_samples must be >= 2, got {self.hutchinson_samples}")
+        if self.landscape not in LANDSCAPE_MODES:
+            raise ValueError(f"HessianSettings.landscape must be one of {LANDSCAPE_MODES}, got {self.landscape!r}")
+        if self.landscape_directions not in DIRECTION_KINDS:
+            raise ValueError(f"HessianSettings.landscape_directions must be one of {DIRECTION_KINDS}, "
+                             f"got {self.landscape_directions!r}")
+        if self.landscape == "2d" and self.landscape_directions == "eigen" and self.top_k < 2:
+            raise ValueError("a 2d landscape along eigenvectors needs top_k >= 2")
+        if self.landscape_range <= 0:
+            raise ValueError(f"HessianSettings.landscape_range must be positive, got {self.landscape_range}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "HessianSettings":
+        """Build from a dict; unknown keys raise a ValueError listing the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown Hessian settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def seeded(seed: int, stage: int) -> torch.Generator:
+    """An independent CPU generator per stage, so changing one stage's settings leaves the
+    random draws of the others unchanged."""
+    return torch.Generator().manual_seed(seed * 1000 + stage)
+
+
+def landscape_directions(op: HessianOperator, settings: HessianSettings, eigenvectors: torch.Tensor):
+    """The 1 or 2 slice directions the settings ask for."""
+    count = 1 if settings.landscape == "1d" else 2
+    if settings.landscape_directions == "eigen":
+        return [eigenvectors[i] for i in range(count)]
+    generator = seeded(settings.seed, 4)
+    return [filter_normalized_direction(op.params, generator, settings.ignore_1d) for _ in range(count)]
+
+
+def analyse_hessian(
+    model: nn.Module,
+    batches: Sequence[Any],
+    loss_fn: LossFn,
+    params: Sequence[str] | Mapping[str, nn.Parameter] = ("all",),
+    settings: Optional[HessianSettings] = None,
+    exclude: Sequence[str] = (),
+) -> Dict[str, Any]:
+    """Curvature of mean_b loss_fn(model, batch_b) w.r.t. the chosen parameters.
+
+    params: selection names (see select_parameters: "all", "visual", "text", module paths,
+    parameter-name prefixes) or a {name: Parameter} mapping; exclude: names dropped from a
+    selection by names. The model runs in eval mode with
+    the twice-differentiable scan backend; its state is unchanged afterwards.
+    Returns a JSON-ready dict: loss, gradient norm, eigenvalues, |min|/max, trace with CI,
+    spectral density with negative mass, landscape slice, cost (products and seconds).
+    """
+    settings = settings or HessianSettings()
+    chosen = dict(params) if isinstance(params, Mapping) else select_parameters(model, params, exclude)
+    op = HessianOperator(model, loss_fn, batches, chosen, cache_graph=settings.cache_graph)
+    device = op.device
+    bar = (lambda name: name) if settings.progress else (lambda name: None)
+    seconds: Dict[str, float] = {}
+    products: Dict[str, int] = {}
+
+    def stage(name: str, fn):
+        before, start = op.num_products, time.perf_counter()
+        out = fn()
+        seconds[name], products[name] = time.perf_counter() - start, op.num_products - before
+        return out
+
+    loss = stage("loss", op.loss)
+    grad_norm = stage("gradient", lambda: float(op.gradient().norm()))
+    eig = stage("eigen", lambda: top_eigenpairs(
+        op.matvec, op.dim, settings.top_k, settings.lanczos_steps, settings.lanczos_tol,
+        seeded(settings.seed, 1), device, bar("Lanczos (top eigenvalues)")))
+    trace = stage("trace", lambda: hutchinson_trace(
+        op.matvec, op.dim, settings.hutchinson_samples, seeded(settings.seed, 2), settings.confidence,
+        device, bar("Hutchinson trace")))
+    quadratures = stage("density", lambda: slq_quadratures(
+        op.matvec, op.dim, settings.slq_runs, settings.slq_steps, seeded(settings.seed, 3), device,
+        bar("SLQ density")))
+    density = spectral_density(quadratures, settings.density_grid, settings.density_sigma, settings.zero_tol)
+    op.clear_cache()
+
+    result: Dict[str, Any] = {
+        "num_parameters": op.dim,
+        "parameter_names": op.names,
+        "num_batches": len(op.batches),
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "eigen": {"top": eig.top_values, "residuals": eig.residuals, "min": eig.min_value,
+                  "min_residual": eig.min_residual, "lanczos_steps": eig.steps},
+        "abs_min_over_max": abs(eig.min_value) / eig.top_values[0] if eig.top_values[0] > 0 else None,
+        "trace": trace.to_dict(),
+        "density": {**density.to_dict(), "trace_estimate": density.mean * op.dim},
+    }
+    if settings.landscape != "none":
+        directions = landscape_directions(op, settings, eig.top_vectors)
+        coords = torch.linspace(-settings.landscape_range, settings.landscape_range, settings.landscape_steps,
+                                dtype=torch.float64)
+        surface = stage("landscape", lambda: loss_slice(op.loss, op.params, directions, [coords] * len(directions),
+                                                        bar("loss landscape")))
+        result["landscape"] = {"mode": settings.landscape, "directions": settings.landscape_directions,
+                               "coordinates": coords.tolist(), "loss": surface.tolist()}
+    result["cost"] = {"hessian_vector_products": products, "seconds": seconds,
+                      "total_seconds": sum(seconds.values())}
+    result["settings"] = dataclasses.asdict(settings)
+    return result
+
+
+def landscape_rise(result: Mapping[str, Any]) -> Optional[float]:
+    """Largest loss increase over the slice relative to the centre (a flatness summary)."""
+    if "landscape" not in result:
+        return None
+    values = torch.tensor(result["landscape"]["loss"], dtype=torch.float64)
+    return float(values.max()) - result["loss"]
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
+    """The headline numbers of one analysis, in table order."""
+    t = result["trace"]
+    rows: Dict[str, Any] = {
+        "parameters": result["num_parameters"],
+        "batches": result["num_batches"],
+        "loss": result["loss"],
+        "gradient norm": result["grad_norm"],
+    }
+    for i, value in enumerate(result["eigen"]["top"]):
+        rows[f"lambda_{i + 1}"] = value
+    rows["lambda_min"] = result["eigen"]["min"]
+    rows["|lambda_min| / lambda_max"] = result["abs_min_over_max"]
+    rows["trace (Hutchinson)"] = f"{t['trace']:.4g} +- {t['ci_high'] - t['trace']:.2g}"
+    rows["trace (SLQ)"] = result["density"]["trace_estimate"]
+    rows["negative mass"] = result["density"]["negative_mass"]
+    rows["negative mass (smoothed)"] = result["density"]["negative_mass_density"]
+    rows["landscape max rise"] = landscape_rise(result)
+    rows["Hessian-vector products"] = sum(result["cost"]["hessian_vector_products"].values())
+    rows["seconds"] = result["cost"]["total_seconds"]
+    return rows
+
+
+def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """A plain-text table with one column per analysed model."""
+    columns = {label: {k: format_value(v) for k, v in summary_rows(r).items()} for label, r in results.items()}
+    names = list(dict.fromkeys(k for col in columns.values() for k in col))
+    widths = [max(len(n) for n in names)] + [max(len(label), *(len(c.get(n, "-")) for n in names))
+                                             for label, c in columns.items()]
+    lines = ["  ".join(text.ljust(w) for text, w in zip(["metric", *columns], widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for name in names:
+        cells = [name, *(c.get(name, "-") for c in columns.values())]
+        lines.append("  ".join(text.ljust(w) for text, w in zip(cells, widths)))
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""`climp hessian` end to end on a tiny two-tower model standing in for the model factory and
+the embedded benchmark (both are swapped in through the command module's loaders)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import climp.analysis.command as command
+from test_analysis_models import MeanPoolText, ScanText, TinyClip
+
+
+def tiny_loader(name, checkpoint, resolution, device):
+    torch.manual_seed(0 if name == "tiny-pool" else 1)
+    model = TinyClip(MeanPoolText() if name == "tiny-pool" else ScanText(), logit_bias=name == "tiny-siglip")
+
+    def preprocess(image: Image.Image) -> torch.Tensor:
+        pixels = torch.tensor(list(image.resize((2, 2)).getdata()), dtype=torch.float32) / 255.0
+        return pixels.T.reshape(3, 2, 2)
+
+    def tokenizer(captions):
+        ids = [[1 + (ord(c) % 11) for c in caption.split()[0][:4]] for caption in captions]
+        width = max(len(i) for i in ids)
+        return torch.tensor([i + [0] * (width - len(i)) for i in ids])
+
+    return model, preprocess, tokenizer, resolution or 8
+
+
+def tiny_samples(num_samples, resolution, seed, caption_style):
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.randint(0, 256, (num_samples, 3), generator=g).tolist()
+    return [(Image.new("RGB", (resolution, resolution), tuple(c)), f"w{c[0] % 7}{c[1] % 5} scene") for c in colours]
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(command, "load_model", tiny_loader)
+    monkeypatch.setattr(command, "synthetic_samples", tiny_samples)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+FAST = ["--num-batches", "2", "--batch-size", "4", "--top-k", "2", "--lanczos-steps", "8",
+        "--hutchinson-samples", "4", "--slq-runs", "2", "--slq-steps", "6", "--landscape-steps", "3", "--no-progress"]
+
+
+def test_single_model_writes_table_json_and_plots(tiny, tmp_path, capsys):
+    assert command.run(parse(["--model", "tiny-pool", "--output-dir", str(tmp_path), *FAST])) == 0
+    printed = capsys.readouterr().out
+    assert "lambda_1" in printed and "negative mass" in printed and "trace (Hutchinson)" in printed
+    results = json.loads((tmp_path / "results.json").read_text())["models"]
+    r = results["tiny-pool"]
+    assert r["num_parameters"] == sum(p.numel() for p in tiny_loader("tiny-pool", None, None, "cpu")[0].parameters())
+    assert len(r["eigen"]["top"]) == 2 and r["eigen"]["top"][0] >= r["eigen"]["top"][1]
+    assert r["landscape"]["mode"] == "1d" and len(r["landscape"]["loss"]) == 3
+    assert r["landscape"]["loss"][1] == pytest.approx(r["loss"], rel=1e-6)
+    assert (tmp_path / "density.png").stat().st_size > 0 and (tmp_path / "landscape_1d.png").stat().st_size > 0
+
+
+def test_compare_mode_two_models_2d_random_text_only(tiny, tmp_path, capsys):
+    argv = ["--model", "tiny-pool", "--compare", "tiny-scan", "--params", "text", "--landscape", "2d",
+            "--landscape-directions", "random", "--output-dir", str(tmp_path), *FAST]
+    assert command.run(parse(argv)) == 0
+    header = capsys.readouterr().out.splitlines()
+    assert any("tiny-pool" in line and "tiny-scan" in line for line in header)
+    results = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert set(results) == {"tiny-pool", "tiny-scan"}
+    for r in results.values():
+        assert all(name.startswith("text.") for name in r["parameter_names"])
+        assert len(r["landscape"]["loss"]) == 3 and len(r["landscape"]["loss"][0]) == 3
+    assert (tmp_path / "landscape_2d.png").stat().st_size > 0
+
+
+def test_siglip_model_and_bad_arguments(tiny, tmp_path):
+    assert command.run(parse(["--model", "tiny-siglip", "--landscape", "none", "--output-dir", str(tmp_path), *FAST])) == 0
+    assert "landscape" not in json.loads((tmp_path / "results.json").read_text())["models"]["tiny-siglip"]
+    with pytest.raises(ValueError, match="--checkpoint2 needs --compare"):
+        command.run(parse(["--model", "tiny-pool", "--checkpoint2", "x", *FAST]))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        command.run(parse(["--model", "tiny-pool", "--params", "vision", "--output-dir", str(tmp_path), *FAST]))
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        command.run(parse(["--model", "tiny-pool", "--output-dir", str(tmp_path), *FAST, "--batch-size", "1"]))
+
+
+def test_real_loader_reports_a_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        command.load_model("clip-vit-tiny", str(tmp_path / "missing"), None, "cpu")
