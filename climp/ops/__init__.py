@@ -1,8 +1,17 @@
 """Selective-scan kernels and the SS2D cross-scan; imports nothing else from climp."""
-from .selective_scan import BACKENDS, selective_scan
-from .reference import selective_scan_reference
-
-__all__ = ["selective_scan", "selective_scan_reference", "BACKENDS"]
+from .cpu_build import build_cpu_kernel, cpu_kernel_available
 from .cross_scan import cross_merge, cross_scan
+from .reference import selective_scan_reference
+from .selective_scan import BACKENDS, double_backward_mode, resolve_backend, selective_scan
 
-__all__ += ["cross_scan", "cross_merge"]
+__all__ = [
+    "BACKENDS",
+    "build_cpu_kernel",
+    "cpu_kernel_available",
+    "cross_merge",
+    "cross_scan",
+    "double_backward_mode",
+    "resolve_backend",
+    "selective_scan",
+    "selective_scan_reference",
+]

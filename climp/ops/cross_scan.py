@@ -1,5 +1,10 @@
 """SS2D's four traversals of a 2D feature map (cross-scan) and their sum back onto the grid
-(cross-merge). Order: row-major, column-major, and both reversed."""
+(cross-merge). Order: row-major, column-major, and both reversed.
+
+cross_scan stacks the four sequences in one copy (no intermediate stack-then-concatenate);
+its backward is cheap slicing and flips, which in-place writes into a preallocated output
+would not be (their backward clones the whole gradient per write).
+"""
 from __future__ import annotations
 
 import torch
@@ -9,8 +14,7 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """(batch, channels, H, W) -> (batch, 4, channels, H*W) sequences for the four directions."""
     rows = x.flatten(2)
     cols = x.transpose(2, 3).flatten(2)
-    forward = torch.stack([rows, cols], dim=1)
-    return torch.cat([forward, forward.flip(-1)], dim=1)
+    return torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)
 
 
 def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -1,15 +1,73 @@
-"""The one entry point for the selective scan; picks a backend and checks shapes."""
+"""The one entry point for the selective scan; picks a backend and checks shapes.
+
+Backends: "reference" (sequential loop, the ground truth), "cpu" (compiled C kernel, forward
+and backward), "chunked" (parallel scan in plain PyTorch ops, any device), "cuda"
+(mamba_ssm's kernel). Every backend takes the same arguments and returns the same values.
+
+How "auto" chooses:
+  * CUDA tensors use "cuda" when mamba_ssm is importable;
+  * CPU tensors use "cpu" when the C kernel builds (else "chunked", with a one-time warning);
+  * any other device uses "chunked";
+  * inside `double_backward_mode()`, when grad mode is on and an input requires grad, "auto"
+    uses "chunked" on every device: the kernels' backward passes (ours and mamba_ssm's) are
+    not differentiable themselves, while "chunked" is built from autograd ops and so is
+    differentiable any number of times. Hessian-vector products wrap their computation in
+    this context manager. (Outside it, a second backward through "cpu" raises PyTorch's
+    once-differentiable error rather than returning a wrong answer.)
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+import contextlib
+import contextvars
+import warnings
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
+from .chunked import selective_scan_chunked
+from .cpu_build import KernelBuildError, load_cpu_kernel
+from .cpu_scan import selective_scan_cpu
+from .cuda import mamba_ssm_available, selective_scan_cuda
 from .reference import selective_scan_reference
 
 ScanFn = Callable[..., torch.Tensor]
 
-BACKENDS: Dict[str, ScanFn] = {"reference": selective_scan_reference}
+BACKENDS: Dict[str, ScanFn] = {
+    "reference": selective_scan_reference,
+    "cpu": selective_scan_cpu,
+    "chunked": selective_scan_chunked,
+    "cuda": selective_scan_cuda,
+}
+
+_double_backward = contextvars.ContextVar("climp_double_backward", default=False)
+_warned_no_kernel = False
+
+
+@contextlib.contextmanager
+def double_backward_mode(enabled: bool = True) -> Iterator[None]:
+    """Within this block, "auto" picks a twice-differentiable backend for scans that need grads."""
+    token = _double_backward.set(enabled)
+    try:
+        yield
+    finally:
+        _double_backward.reset(token)
+
+
+def double_backward_enabled() -> bool:
+    """Whether the innermost double_backward_mode() block is active."""
+    return _double_backward.get()
+
+
+def _cpu_backend_or_fallback() -> str:
+    global _warned_no_kernel
+    try:
+        load_cpu_kernel()
+        return "cpu"
+    except KernelBuildError as err:
+        if not _warned_no_kernel:
+            _warned_no_kernel = True
+            warnings.warn(f"selective scan falls back to the slower 'chunked' backend: {err}", RuntimeWarning)
+        return "chunked"
 
 
 def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -41,13 +99,23 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
             raise ValueError(f"{name} must be (dim={dim},), got {tuple(t.shape)}")
 
 
-def resolve_backend(backend: str, u: torch.Tensor) -> str:
-    """Map "auto" to the fastest backend registered for u's device."""
+def resolve_backend(backend: str, u: torch.Tensor, needs_grad: bool = False) -> str:
+    """Map "auto" to a backend for u's device (rules in the module docstring); check others.
+
+    needs_grad: whether autograd will differentiate the scan (grad mode on and some input
+    requires grad); it matters only inside double_backward_mode().
+    """
     if backend != "auto":
         if backend not in BACKENDS:
-            raise ValueError(f"unknown selective-scan backend {backend!r}; available: {sorted(BACKENDS)}")
+            raise ValueError(f"unknown selective-scan backend {backend!r}; available: {sorted(BACKENDS)} or 'auto'")
         return backend
-    return "reference"
+    if needs_grad and double_backward_enabled():
+        return "chunked"
+    if u.device.type == "cuda":
+        return "cuda" if mamba_ssm_available() else "chunked"
+    if u.device.type == "cpu":
+        return _cpu_backend_or_fallback()
+    return "chunked"
 
 
 def selective_scan(
@@ -68,5 +136,7 @@ def selective_scan(
     (batch, groups, state, length); D, delta_bias: (dim,). Returns (batch, dim, length) in u's dtype.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    fn = BACKENDS[resolve_backend(backend, u)]
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    fn = BACKENDS[resolve_backend(backend, u, needs_grad)]
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)

@@ -1,0 +1,151 @@
+"""Compile and load the C selective-scan kernel (climp/ops/csrc) on first use.
+
+The shared library is built with the system C compiler into a cache directory keyed by a hash
+of the sources, the compiler, its flags and the host CPU (the build uses -march=native), so a
+source change or a different machine gets a fresh build. The compiler writes a temporary file
+that is renamed into place, which makes concurrent first uses (pytest-xdist, torchrun ranks)
+safe. Set CLIMP_CACHE to choose the cache directory and CC to choose the compiler.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = ("selective_scan.c", "selective_scan_impl.h")
+BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
+# Tried in order: the fast build first, then builds without flags some compilers lack.
+OPTIONAL_FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
+
+
+class KernelBuildError(RuntimeError):
+    """The C kernel could not be compiled (no compiler, or the compiler failed)."""
+
+
+_lock = threading.Lock()
+_library: Optional[ctypes.CDLL] = None
+_failure: Optional[KernelBuildError] = None
+
+
+def find_compiler() -> str:
+    """Return the C compiler to use: $CC, else cc, gcc or clang from PATH."""
+    candidates = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    for name in candidates:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise KernelBuildError(
+        f"no C compiler found (looked for {', '.join(candidates)}); install gcc or set CC to build "
+        "climp's CPU selective-scan kernel, or use selective_scan(..., backend='chunked')"
+    )
+
+
+def cache_root() -> Path:
+    """$CLIMP_CACHE, else $XDG_CACHE_HOME/climp, else ~/.cache/climp."""
+    if os.environ.get("CLIMP_CACHE"):
+        return Path(os.environ["CLIMP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "climp"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and feature flags where Linux exposes them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() + platform.machine()
+    wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(wanted))) + platform.machine()
+
+
+def _compiler_version(compiler: str) -> str:
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+    return result.stdout
+
+
+def _library_path(compiler: str) -> Path:
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((CSRC / name).read_bytes())
+    for part in (compiler, _compiler_version(compiler), " ".join(BASE_FLAGS), repr(OPTIONAL_FLAG_SETS), _cpu_signature()):
+        digest.update(part.encode())
+    suffix = ".dll" if os.name == "nt" else ".so"
+    return cache_root() / f"selective_scan-{digest.hexdigest()[:16]}" / f"climp_selective_scan{suffix}"
+
+
+def _compile(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors: List[str] = []
+    for extra in OPTIONAL_FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=target.suffix)
+        os.close(fd)
+        cmd = [compiler, *BASE_FLAGS, *extra, "-o", tmp, str(CSRC / "selective_scan.c"), "-lm"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode == 0:
+            os.replace(tmp, target)
+            return
+        os.unlink(tmp)
+        errors.append(f"$ {' '.join(cmd)}\n{result.stderr.strip()}")
+    raise KernelBuildError("compiling climp's CPU selective-scan kernel failed:\n" + "\n\n".join(errors))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"selective_scan_fwd_{suffix}")
+        fwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 2 + [i64] * 5 + [i32]
+        fwd.restype = None
+        bwd = getattr(lib, f"selective_scan_bwd_{suffix}")
+        bwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 10 + [i64] * 5 + [i32]
+        bwd.restype = None
+
+
+def build_cpu_kernel() -> Path:
+    """Compile the CPU kernel now if its cache entry is missing; return the library's path.
+
+    Call it once after installing (`python -c "import climp.ops; climp.ops.build_cpu_kernel()"`)
+    so the first training step does not pay the (few seconds of) compilation.
+    """
+    compiler = find_compiler()
+    target = _library_path(compiler)
+    if not target.exists():
+        try:
+            _compile(compiler, target)
+        except OSError as err:
+            raise KernelBuildError(f"cannot write the kernel cache {target.parent} ({err}); set CLIMP_CACHE") from err
+    return target
+
+
+def load_cpu_kernel() -> ctypes.CDLL:
+    """The loaded kernel library, built on first call; raises KernelBuildError if that fails."""
+    global _library, _failure
+    with _lock:
+        if _library is not None:
+            return _library
+        if _failure is not None:
+            raise _failure
+        try:
+            lib = ctypes.CDLL(str(build_cpu_kernel()))
+        except KernelBuildError as err:
+            _failure = err
+            raise
+        _declare(lib)
+        _library = lib
+        return lib
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the CPU kernel is (or can be) built and loaded on this machine."""
+    try:
+        load_cpu_kernel()
+    except KernelBuildError:
+        return False
+    return True
