@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from climp.ops import selective_scan
 
 from .weights import load_state_dict_strict, read_state_dict
+from ..dataconfig import FromDict
 
 
 class RMSNorm(nn.Module):
@@ -152,7 +153,7 @@ class MambaBlock(nn.Module):
 
 
 @dataclass
-class MambaConfig:
+class MambaConfig(FromDict):
     """Size and SSM hyper-parameters of a Mamba-1 token backbone (mamba_ssm defaults)."""
 
     d_model: int
@@ -182,18 +183,6 @@ class MambaConfig:
         resolve_dt_rank(self.dt_rank, self.d_model)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"MambaConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MambaConfig":
-        """Build from a dict; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
     @property
     def padded_vocab_size(self) -> int:

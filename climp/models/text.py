@@ -6,8 +6,8 @@ its parameter names, so open_clip CLIP checkpoints load via `load_open_clip_text
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Mapping, Optional
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional
 
 import torch
 from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer, text_global_pool
@@ -16,6 +16,7 @@ from torch import nn
 from .mamba import MambaBackbone, MambaConfig
 from .validation import check_token_ids
 from .weights import load_state_dict_strict
+from ..dataconfig import FromDict
 
 
 def check_text_input(token_ids: torch.Tensor, pad_id: int, vocab_size: int, context_length: Optional[int] = None) -> None:
@@ -94,7 +95,7 @@ class MambaTextTower(nn.Module):
 
 
 @dataclass
-class TransformerTextConfig:
+class TransformerTextConfig(FromDict):
     """open_clip's causal text transformer (CLIPTextCfg's fields that this tower supports).
 
     pool_type "argmax" takes the token with the largest id (open_clip BPE's EOT, 49407);
@@ -125,17 +126,6 @@ class TransformerTextConfig:
         if self.pool_type not in ("argmax", "eos"):
             raise ValueError(f"TransformerTextConfig.pool_type must be 'argmax' or 'eos', got {self.pool_type!r}")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TransformerTextConfig":
-        """Build from a dict; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 class TransformerTextTower(TextTransformer):

@@ -4,25 +4,25 @@ from __future__ import annotations
 import torch
 
 
-def check_images(images: torch.Tensor, in_chans: int, stride: int) -> None:
+def check_images(images: torch.Tensor, in_chans: int, stride: int, stride_origin: str = "") -> None:
     """Raise ValueError unless images is a non-empty float (B, in_chans, H, W) batch whose H and W
-    are multiples of the tower's total stride."""
+    are multiples of the tower's total stride (`stride_origin` says where the stride comes from)."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
-        raise ValueError(f"images must be (batch, {in_chans}, H, W), got shape {tuple(images.shape)}")
+        raise ValueError(f"images must be (batch, channels, H, W), got shape {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("images: empty batch")
     if images.shape[1] != in_chans:
-        raise ValueError(f"images must have {in_chans} channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+        raise ValueError(f"images have {images.shape[1]} channels, the tower expects {in_chans}")
     if not images.is_floating_point():
-        raise ValueError(f"images must be a floating-point tensor, got dtype {images.dtype}")
+        raise ValueError(f"images must be a float tensor, got dtype {images.dtype}")
     height, width = images.shape[-2:]
     if height % stride or width % stride:
+        origin = f" ({stride_origin})" if stride_origin else ""
         raise ValueError(
-            f"image size {height}x{width} is not divisible by the tower's total stride {stride}; "
-            f"resize or crop to a multiple of {stride} (e.g. {max(stride, height // stride * stride)}x"
-            f"{max(stride, width // stride * stride)})"
+            f"image size {height}x{width} is not divisible by the tower's total stride {stride}{origin}; "
+            f"resize or crop to a multiple of {stride}"
         )
 
 

@@ -8,8 +8,8 @@ and a linear projection to the joint embedding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Union
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,8 @@ from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from .mamba import MambaBlock, MambaMixer, RMSNorm, resolve_dt_rank
+from ..dataconfig import FromDict
+from .validation import check_images
 
 # Sizes after Vim-Ti / Vim-S (d_model 192 / 384, 24 layers, 16-pixel patches).
 MAMBA1D_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -29,7 +31,7 @@ MAMBA1D_PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 @dataclass
-class Mamba1DVisionConfig:
+class Mamba1DVisionConfig(FromDict):
     """Hyper-parameters of the 1D Mamba tower; `image_size` sets only the position-embedding grid."""
 
     image_size: int = 224
@@ -57,15 +59,6 @@ class Mamba1DVisionConfig:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Mamba1DVisionConfig":
-        """Build from a JSON-style dict; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Mamba1DVisionConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
 
 
 class BidirectionalMixer(nn.Module):
@@ -137,19 +130,6 @@ class Mamba1DVisionTower(nn.Module):
             if isinstance(module, MambaMixer):
                 module.scan_backend = backend
 
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise a ValueError naming what is wrong with an image batch."""
-        if images.dim() != 4:
-            raise ValueError(f"images must be (batch, channels, H, W), got shape {tuple(images.shape)}")
-        batch, chans, height, width = images.shape
-        if chans != self.cfg.in_chans:
-            raise ValueError(f"images have {chans} channels, the tower expects {self.cfg.in_chans}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor, got dtype {images.dtype}")
-        if batch == 0:
-            raise ValueError("images is an empty batch")
-        if height % self.cfg.patch_size or width % self.cfg.patch_size:
-            raise ValueError(f"image size {height}x{width} is not divisible by patch_size {self.cfg.patch_size}")
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features (+ position embedding resized to the grid) as a row-major (B, L, d_model)."""
@@ -163,7 +143,7 @@ class Mamba1DVisionTower(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) -> mean-pooled, normalised token features (batch, d_model)."""
-        self.check_images(images)
+        check_images(images, self.cfg.in_chans, self.cfg.patch_size, f"patch_size {self.cfg.patch_size}")
         x = self.tokens(images)
         for layer in self.layers:
             if self.grad_checkpointing and torch.is_grad_enabled():

@@ -7,8 +7,8 @@ learned position embedding is resized on the fly (bicubic, antialiased, as open_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +16,11 @@ from open_clip.transformer import LayerNorm, VisionTransformer
 from torch import nn
 
 from .validation import check_images
+from ..dataconfig import FromDict
 
 
 @dataclass
-class ViTVisionConfig:
+class ViTVisionConfig(FromDict):
     """The subset of open_clip's CLIPVisionCfg that CLIMP exposes for ViT towers."""
 
     image_size: int = 224
@@ -31,14 +32,6 @@ class ViTVisionConfig:
     ls_init_value: Optional[float] = None
     patch_dropout: float = 0.0
     pool_type: str = "tok"
-
-    @classmethod
-    def from_dict(cls, cfg: Dict[str, Any]) -> "ViTVisionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown ViT config keys {unknown}; known: {sorted(known)}")
-        return cls(**cfg)
 
 
 def resize_grid_embedding(pos_embed: torch.Tensor, old_grid: tuple, new_grid: tuple) -> torch.Tensor:

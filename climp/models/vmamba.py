@@ -8,7 +8,7 @@ checkpoints load after `vmamba_checkpoint_to_tower`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -18,6 +18,8 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from climp.ops import cross_merge, cross_scan, selective_scan
+from ..dataconfig import FromDict
+from .validation import check_images
 
 NUM_DIRECTIONS = 4
 
@@ -49,7 +51,7 @@ VMAMBA_PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 @dataclass
-class VMambaConfig:
+class VMambaConfig(FromDict):
     """Hyper-parameters of the VMamba tower; `image_size` is nominal (any divisible size runs)."""
 
     image_size: int = 224
@@ -99,15 +101,6 @@ class VMambaConfig:
     def total_stride(self) -> int:
         """Input pixels per feature of the last stage along each axis."""
         return self.patch_size * 2 ** (len(self.depths) - 1)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VMambaConfig":
-        """Build from a JSON-style dict; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VMambaConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
 
 
 class Permute(nn.Module):
@@ -366,27 +359,10 @@ class VMambaVisionTower(nn.Module):
             if isinstance(module, SS2D):
                 module.scan_backend = backend
 
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise a ValueError naming what is wrong with an image batch."""
-        if images.dim() != 4:
-            raise ValueError(f"images must be (batch, channels, H, W), got shape {tuple(images.shape)}")
-        batch, chans, height, width = images.shape
-        if chans != self.cfg.in_chans:
-            raise ValueError(f"images have {chans} channels, the tower expects {self.cfg.in_chans}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be a float tensor, got dtype {images.dtype}")
-        if batch == 0:
-            raise ValueError("images is an empty batch")
-        stride = self.cfg.total_stride
-        if height % stride or width % stride:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by the VMamba total stride {stride} "
-                f"(patch_size {self.cfg.patch_size} * 2**{len(self.cfg.depths) - 1})"
-            )
-
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) -> pooled features (batch, num_features), before the projection."""
-        self.check_images(images)
+        check_images(images, self.cfg.in_chans, self.cfg.total_stride,
+                     f"patch_size {self.cfg.patch_size} * 2**{len(self.cfg.depths) - 1}")
         x = self.patch_embed(images)
         for stage in self.layers:
             x = stage(x)

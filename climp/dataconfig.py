@@ -1,0 +1,23 @@
+"""Configs as data: dataclasses built from JSON-style dicts that reject unknown keys."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Type, TypeVar
+
+T = TypeVar("T", bound="FromDict")
+
+
+class FromDict:
+    """Mixin for config dataclasses: `from_dict` refuses unknown keys (they are usually typos
+    that would otherwise be silently ignored) and `to_dict` gives the JSON-ready fields."""
+
+    @classmethod
+    def from_dict(cls: Type[T], values: Mapping[str, Any]) -> T:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)

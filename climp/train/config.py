@@ -1,0 +1,145 @@
+"""Training configuration: one dataclass, built from defaults, a recipe file and flags.
+
+Precedence is defaults < recipe file (`--config recipe.yaml|json`) < flags given explicitly on
+the command line. Unknown keys in a recipe are an error, so a typo never trains silently with
+a default.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+LOSSES = ("clip", "siglip")
+PRECISIONS = ("fp32", "bf16", "fp16")
+CAPTION_STYLES = ("short", "dense", "mixed")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; field docs double as `climp train --help` text."""
+
+    # model
+    model: str = "climp-tiny"
+    grad_checkpointing: bool = False
+    # data
+    data: str = "synthetic"
+    train_data: Optional[str] = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
+    train_samples: int = 20_000
+    caption_style: str = "short"
+    resolution: int = 64
+    workers: int = 0
+    # optimisation
+    steps: int = 300
+    batch_size: int = 64
+    accum_freq: int = 1
+    lr: float = 2e-3
+    warmup: int = 30
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    loss: str = "clip"
+    local_loss: bool = False
+    gather_with_grad: bool = True
+    precision: str = "fp32"
+    ema_decay: float = 0.0
+    seed: int = 0
+    # evaluation, logging, checkpoints
+    eval_every: int = 0
+    eval_samples: int = 500
+    retrieval_samples: int = 1000
+    log_every: int = 10
+    save_every: int = 0
+    name: Optional[str] = None
+    output_dir: str = "runs"
+    resume: Optional[str] = None
+    tensorboard: bool = False
+    progress: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field with an impossible value."""
+        choices = {"loss": LOSSES, "precision": PRECISIONS, "caption_style": CAPTION_STYLES,
+                   "device": DEVICES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
+        positive = ("steps", "batch_size", "accum_freq", "resolution", "train_samples",
+                    "log_every", "eval_samples", "retrieval_samples")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        non_negative = ("warmup", "weight_decay", "grad_clip", "workers", "eval_every", "save_every")
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.data not in ("synthetic", "files"):
+            raise ValueError(f"data={self.data!r} is not one of ('synthetic', 'files')")
+        if self.data == "files" and not self.train_data:
+            raise ValueError("data='files' needs train_data (a CSV, an image folder or shards)")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.model}-{self.loss}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping; unknown keys raise ValueError listing them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
+        values = dict(values)
+        if values.get("train_data") and "data" not in values:
+            values["data"] = "files"
+        return cls(**values)
+
+
+def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a YAML or JSON recipe into a dict with underscore keys (dashes accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training recipe not found: {path}")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        recipe = json.loads(text)
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        recipe = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"recipe {path} must end in .json, .yaml or .yml")
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path} must hold a mapping of option: value, got {type(recipe).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in recipe.items()}
+
+
+def resolve_config(explicit: Mapping[str, Any], recipe_path: Optional[str] = None) -> TrainConfig:
+    """Merge defaults, an optional recipe file and explicitly given options (highest priority)."""
+    merged: Dict[str, Any] = load_recipe(recipe_path) if recipe_path else {}
+    merged.update(explicit)
+    if merged.get("train_data") and "data" not in explicit:
+        merged["data"] = "files"
+    return TrainConfig.from_dict(merged)

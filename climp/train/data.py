@@ -1,0 +1,197 @@
+"""Training data order: a deterministic function of (seed, epoch, step), sharded by rank.
+
+For map-style datasets every micro-batch of every epoch is fixed in advance: a seeded
+permutation of the dataset is cut into global micro-batches of `batch_size * world_size`
+samples and rank r takes the r-th slice of each. The union over ranks of micro-batch k is
+therefore the same samples that one process with the combined batch would see, and a resumed
+run starts exactly at its saved micro-batch. Random augmentations are made reproducible the
+same way: each sample's transform runs under a torch seed derived from (seed, epoch, index),
+so the result does not depend on worker count, worker assignment or where a run was resumed.
+Iterable sources (webdataset shards) cannot seek; they are resumed by skipping batches.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+_MIX_A = 1_000_003
+_MIX_B = 10_000_019
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample augmentation seed; distinct across (seed, epoch, index) triples in practice."""
+    return ((seed * _MIX_A + epoch) * _MIX_B + index) % (2**63 - 1)
+
+
+class EpochBatchOrder(Sampler[List[Tuple[int, int]]]):
+    """Batch sampler yielding this rank's micro-batches of (index, sample seed) pairs."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int,
+                 seed: int, epoch: int, start_batch: int = 0):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = epoch
+        self.start_batch = start_batch
+        self.global_batch = batch_size * world_size
+        if num_samples < self.global_batch:
+            raise ValueError(f"dataset of {num_samples} samples is smaller than one global batch "
+                             f"({batch_size} x {world_size} ranks)")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, 0))
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        for batch in range(self.start_batch, self.batches_per_epoch):
+            start = batch * self.global_batch + self.rank * self.batch_size
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in order[start:start + self.batch_size]]
+
+
+class SeededSamples(Dataset):
+    """Wraps a map-style dataset so each item is produced under its own torch seed.
+
+    A sample the source cannot load (it returns None and counts the skip) is replaced by the
+    next loadable index, so every rank's batch keeps its size (the feature all-gather needs
+    equal sizes) and the replacement is as deterministic as the order.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Any:
+        index, seed = key
+        for offset in range(len(self.dataset)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + offset)
+                sample = self.dataset[(index + offset) % len(self.dataset)]
+            if sample is not None:
+                return sample
+        raise ValueError("no sample of the training data could be loaded")
+
+
+def is_map_style(dataset: Any) -> bool:
+    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+
+
+def micro_batches_per_epoch(dataset: Any, batch_size: int, world_size: int) -> Optional[int]:
+    """Micro-batches per rank per epoch for map-style data; None for iterable sources."""
+    if not is_map_style(dataset):
+        return None
+    return len(dataset) // (batch_size * world_size)
+
+
+def epoch_loader(
+    dataset: Any,
+    collate_fn: Callable[[Sequence[Any]], Any],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+    workers: int = 0,
+) -> Iterator[Any]:
+    """An iterator over this rank's micro-batches of `epoch`, starting at micro-batch `start_batch`."""
+    # A private generator keeps the loader from drawing its worker base seed from the global
+    # RNG, which would shift dropout randomness between a resumed and an uninterrupted run.
+    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, rank))
+    common = dict(collate_fn=collate_fn, num_workers=workers, generator=generator)
+    if is_map_style(dataset):
+        order = EpochBatchOrder(len(dataset), batch_size, rank, world_size, seed, epoch, start_batch)
+        return iter(DataLoader(SeededSamples(dataset), batch_sampler=order, **common))
+    # Whole batches only: every rank must contribute equally many features to the loss.
+    loader = DataLoader(dataset, batch_size=batch_size, drop_last=True, **common)
+    return itertools.islice(iter(loader), start_batch, None)
+
+
+class BatchStream:
+    """This rank's micro-batches, `accum_freq` per optimiser step, across epochs.
+
+    The position (epoch, micro-batch within the epoch) is all a resumed run needs to continue
+    with exactly the batches the uninterrupted run would have seen. Map-style epochs end after
+    the last whole optimiser step; iterable sources end when exhausted.
+    """
+
+    def __init__(self, dataset: Any, collate_fn: Callable[[Sequence[Any]], Any], batch_size: int,
+                 rank: int, world_size: int, seed: int, accum_freq: int = 1, workers: int = 0,
+                 epoch: int = 0, batch_in_epoch: int = 0):
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.accum_freq = accum_freq
+        self.workers = workers
+        self.epoch = epoch
+        self.batch_in_epoch = batch_in_epoch
+        per_epoch = micro_batches_per_epoch(dataset, batch_size, world_size)
+        self.batches_per_epoch = None if per_epoch is None else per_epoch - per_epoch % accum_freq
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"dataset of {len(dataset)} samples holds no full optimiser step of "
+                             f"{batch_size} x {world_size} ranks x {accum_freq} accumulation")
+        self._iterator: Optional[Iterator[Any]] = None
+
+    @property
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def _start_epoch(self) -> None:
+        self._iterator = epoch_loader(self.dataset, self.collate_fn, self.batch_size, self.rank,
+                                      self.world_size, self.seed, self.epoch, self.batch_in_epoch,
+                                      self.workers)
+
+    def _next_micro_batch(self) -> Any:
+        while True:
+            if self.batches_per_epoch is not None and self.batch_in_epoch >= self.batches_per_epoch:
+                self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+            if self._iterator is None:
+                self._start_epoch()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                if self.batch_in_epoch == 0:
+                    raise ValueError("the training data yielded no batches") from None
+                self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.batch_in_epoch += 1
+            return batch
+
+    def next_step(self) -> List[Any]:
+        """The `accum_freq` micro-batches of the next optimiser step."""
+        return [self._next_micro_batch() for _ in range(self.accum_freq)]
+
+
+def open_train_source(path: str, transform: Callable, csv_img_key: str = "filepath",
+                      csv_caption_key: str = "title", csv_separator: str = "\t",
+                      seed: int = 0, shuffle_buffer: int = 1000) -> Any:
+    """The training source at `path`: a CSV/TSV file, an image folder with .txt captions, or
+    webdataset shards ('shards-{000..009}.tar'). Each counts skipped samples in `.skips`."""
+    from climp.data import sources
+
+    if ".tar" in path:
+        return sources.webdataset_pipeline(path, transform, shuffle=shuffle_buffer, seed=seed)
+    if Path(path).is_dir():
+        return sources.ImageFolderCaptions(path, transform=transform)
+    if Path(path).suffix.lower() in (".csv", ".tsv"):
+        return sources.CsvDataset(path, img_key=csv_img_key, caption_key=csv_caption_key,
+                                  sep=csv_separator, transform=transform)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"training data not found: {path}")
+    raise ValueError(f"cannot tell the format of training data {path}: give a .csv/.tsv file, "
+                     "an image folder or webdataset shards (.tar)")

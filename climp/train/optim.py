@@ -1,0 +1,60 @@
+"""AdamW with open_clip's weight-decay exclusions and a per-step cosine schedule with warmup."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+# Name fragments whose parameters never get weight decay (open_clip's rule, extended by
+# the state-space parameters that mamba_ssm keeps out of decay).
+NO_DECAY_NAME_PARTS = ("bn", "ln", "bias", "logit_scale", "A_log")
+
+
+def excluded_from_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """True for gains, biases, norms, temperatures, SSM A_log / D and params marked by mamba_ssm."""
+    if param.ndim < 2 or getattr(param, "_no_weight_decay", False):
+        return True
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf == "D" or any(part in name for part in NO_DECAY_NAME_PARTS)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
+    """Two AdamW groups: decayed matrices and undecayed everything else (trainable only)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if excluded_from_weight_decay(name, param) else decay).append(param)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def create_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: Tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-6,
+) -> torch.optim.AdamW:
+    """torch's AdamW over `param_groups(model, weight_decay)`."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+def warmup_cosine_factor(step: int, warmup: int, total_steps: int) -> float:
+    """LR multiplier at optimiser step `step` (0-based): linear warmup, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    decay_steps = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per optimiser step (its state dict makes resume exact)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup, total_steps)
+    )

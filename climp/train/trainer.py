@@ -1,0 +1,369 @@
+"""The training loop: `train(config) -> results` for `climp train` and `climp reproduce`.
+
+Gradient accumulation (`accum_freq` > 1) accumulates *features*, as open_clip does, so the
+contrastive loss sees the whole accumulated batch as negatives: a no-grad pass caches every
+micro-batch's features, then each micro-batch is re-encoded with gradients, spliced into the
+cached features and back-propagated through the full loss. The sum of these backward passes
+is the gradient of the large-batch loss (exactly, for models without dropout).
+`logit_scale`/`logit_bias` take their gradient from the last micro-batch only, so they are
+not counted `accum_freq` times.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import BatchStream, open_train_source
+from .distributed import (DistributedContext, barrier, gather_objects, init_distributed,
+                          mean_across_ranks, shutdown_distributed, sum_across_ranks)
+from .ema import ModelEma
+from .loss import MAX_LOGIT_SCALE, create_loss, logit_init_overrides
+from .metrics_log import MetricsLogger, plot_loss_curve, read_metrics
+from .optim import create_optimizer, create_scheduler
+from .precision import autocast, grad_scaler
+from .quick_eval import quick_evaluate
+
+
+@dataclass
+class TrainComponents:
+    """Everything the loop trains on; built from the config by `build_components` or given."""
+
+    model: nn.Module
+    tokenizer: Callable[[List[str]], torch.Tensor]
+    train_dataset: Any
+    collate_fn: Callable[[Sequence[Any]], Any]
+    zero_shot_tasks: Mapping[str, Any] = field(default_factory=dict)
+    retrieval_set: Any = None
+    model_cfg: Dict[str, Any] = field(default_factory=dict)
+    skipped_samples: Callable[[], int] = lambda: 0
+
+
+def build_components(config: TrainConfig) -> TrainComponents:
+    """Model, tokenizer, training data and held-out eval data named by `config` (lazy imports)."""
+    import climp
+    from climp.data import synthetic
+    from climp.data.collate import ImageTextCollate
+
+    model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
+        config.model, image_size=config.resolution, **logit_init_overrides(config.loss))
+    tokenizer = climp.get_tokenizer(config.model)
+    if config.data == "synthetic":
+        train_dataset = synthetic.SyntheticScenes(
+            split="train", num_samples=config.train_samples, resolution=config.resolution,
+            seed=config.seed, caption_style=config.caption_style, transform=preprocess_train)
+    else:
+        train_dataset = open_train_source(config.train_data, preprocess_train, config.csv_img_key,
+                                          config.csv_caption_key, config.csv_separator, config.seed)
+    tasks = synthetic.zero_shot_tasks(split="test", num_samples=config.eval_samples,
+                                      resolution=config.resolution, seed=config.seed,
+                                      transform=preprocess_val)
+    retrieval = synthetic.retrieval_set(split="test", num_samples=config.retrieval_samples,
+                                        resolution=config.resolution, seed=config.seed,
+                                        transform=preprocess_val)
+    skips = getattr(train_dataset, "skips", None)
+    return TrainComponents(model=model, tokenizer=tokenizer, train_dataset=train_dataset,
+                           collate_fn=ImageTextCollate(tokenizer), zero_shot_tasks=tasks,
+                           retrieval_set=retrieval, model_cfg=model.config,
+                           skipped_samples=(lambda: skips.total) if skips is not None else (lambda: 0))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _features(out: Mapping[str, Any]) -> tuple:
+    return out["image_features"], out["text_features"]
+
+
+class Trainer:
+    """One training run on this process's rank; `run()` returns the final results dict."""
+
+    def __init__(self, config: TrainConfig, components: Optional[TrainComponents] = None,
+                 context: Optional[DistributedContext] = None):
+        self.config = config
+        self.context = context or init_distributed(config.device)
+        self.device = self.context.device
+        _seed_everything(config.seed)  # identical initial weights on every rank
+        self.components = components or build_components(config)
+        _seed_everything(config.seed + self.context.rank)  # independent dropout per rank
+        self.model = self.components.model.to(self.device)
+        self.autocast = lambda: autocast(config.precision, self.device)
+        self.scaler = grad_scaler(config.precision, self.device)
+        if config.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.ddp_model: nn.Module = self.model
+        if self.context.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.loss_fn = create_loss(config.loss, local_loss=config.local_loss,
+                                   gather_with_grad=config.gather_with_grad,
+                                   rank=self.context.rank, world_size=self.context.world_size)
+        self.optimizer = create_optimizer(self.model, config.lr, config.weight_decay,
+                                          (config.beta1, config.beta2), config.eps)
+        self.scheduler = create_scheduler(self.optimizer, config.warmup, config.steps)
+        self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.step = 0
+        self.stream = BatchStream(self.components.train_dataset, self.components.collate_fn,
+                                  config.batch_size, self.context.rank, self.context.world_size,
+                                  config.seed, config.accum_freq, config.workers)
+        self.checkpoint_root = config.run_dir / "checkpoints"
+        self.logger = MetricsLogger(config.run_dir, config.tensorboard) if self.context.is_main else None
+        self.train_seconds = 0.0
+        if config.resume:
+            self.resume(config.resume)
+
+    # ----------------------------------------------------------------- state
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.config.accum_freq * self.context.world_size
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA weights when EMA is on (evaluation follows CLIP-Mamba), else the live model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def save(self) -> None:
+        """Write a checkpoint of the current step (collective: every rank must call it)."""
+        rng_states = gather_objects(ckpt.capture_rng_state(), self.context)
+        if self.context.is_main:
+            state = {
+                "step": self.step,
+                "samples_seen": self.step * self.global_batch,
+                "data": self.stream.position,
+                "world_size": self.context.world_size,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema_updates": self.ema.updates if self.ema is not None else None,
+                "rng": rng_states,
+                "train_seconds": self.train_seconds,
+            }
+            # model_name/model_cfg are what climp.load_checkpoint rebuilds the model from.
+            sidecar = {"model_name": self.config.model, "model_cfg": self.components.model_cfg,
+                       "train": self.config.to_dict()}
+            ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model.state_dict(), sidecar,
+                                 state, self.ema.state_dict() if self.ema is not None else None)
+        barrier(self.context)
+
+    def resume(self, spec: str) -> None:
+        """Restore weights, optimiser, schedule, scaler, EMA, RNG and data position."""
+        directory = ckpt.resolve_checkpoint(spec, self.checkpoint_root)
+        loaded = ckpt.read_checkpoint(directory)
+        saved_model = loaded.config.get("model_name")
+        if saved_model is not None and saved_model != self.config.model:
+            raise ValueError(f"checkpoint {directory} is for model {saved_model!r}, "
+                             f"not {self.config.model!r}")
+        ckpt.load_weights_strict(self.model, loaded.weights, f"checkpoint {directory}")
+        state = ckpt.read_training_state(directory)
+        if self.ema is not None:
+            if loaded.ema_weights is None:
+                raise ValueError(f"checkpoint {directory} has no EMA weights but --ema-decay is set")
+            ckpt.load_weights_strict(self.ema.module, loaded.ema_weights, f"EMA of checkpoint {directory}")
+            self.ema.updates = state["ema_updates"]
+        if state["world_size"] != self.context.world_size:
+            raise ValueError(f"checkpoint {directory} was written by {state['world_size']} ranks; "
+                             f"resume with the same number (now {self.context.world_size})")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.stream.epoch = state["data"]["epoch"]
+        self.stream.batch_in_epoch = state["data"]["batch_in_epoch"]
+        ckpt.restore_rng_state(state["rng"][self.context.rank])
+
+    # ------------------------------------------------------------------ step
+    def _to_device(self, batch: Sequence[torch.Tensor]) -> tuple:
+        images, texts = batch
+        return images.to(self.device, non_blocking=True), texts.to(self.device, non_blocking=True)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _accumulated_loss(self, micro_batches: List[tuple]) -> torch.Tensor:
+        """Feature-accumulation step over several micro-batches; returns the (same) loss value."""
+        with torch.no_grad(), self.autocast():
+            cached = [_features(self.model(images, texts)) for images, texts in micro_batches]
+        last = len(micro_batches) - 1
+        for j, (images, texts) in enumerate(micro_batches):
+            sync = self.ddp_model.no_sync() if self.context.enabled and j < last else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    out = self.ddp_model(images, texts)
+                    image_feats = [f[0] for f in cached]
+                    text_feats = [f[1] for f in cached]
+                    image_feats[j], text_feats[j] = _features(out)
+                    scale, bias = out["logit_scale"], out.get("logit_bias")
+                    if j < last:
+                        scale = scale.detach()
+                        bias = bias.detach() if bias is not None else None
+                    loss = self.loss_fn(torch.cat(image_feats), torch.cat(text_feats), scale, bias)
+                self._backward(loss)
+        return loss.detach()
+
+    def train_step(self, micro_batches: List[Any]) -> torch.Tensor:
+        """One optimiser step; returns the loss averaged over ranks."""
+        self.model.train()
+        micro_batches = [self._to_device(b) for b in micro_batches]
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(micro_batches) == 1:
+            with self.autocast():
+                out = self.ddp_model(*micro_batches[0])
+                loss = self.loss_fn(out["image_features"], out["text_features"],
+                                    out["logit_scale"], out.get("logit_bias"))
+            self._backward(loss)
+            loss = loss.detach()
+        else:
+            loss = self._accumulated_loss(micro_batches)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return mean_across_ranks(loss.float(), self.context)
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self) -> Dict[str, float]:
+        """Quick zero-shot and retrieval metrics on rank 0 (other ranks wait and get {})."""
+        metrics: Dict[str, float] = {}
+        if self.context.is_main:
+            metrics = quick_evaluate(self.eval_model, self.components.tokenizer,
+                                     self.components.zero_shot_tasks, self.components.retrieval_set,
+                                     self.device, self.autocast)
+            self.logger.log({"step": self.step, "kind": "eval", **metrics}, prefix="eval")
+        barrier(self.context)
+        return metrics
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> Dict[str, Any]:
+        """Train to `config.steps`, evaluate, write results.json and the loss curve."""
+        config = self.config
+        run_start = time.perf_counter()
+        bar = tqdm(total=config.steps, initial=self.step, desc=f"train {config.model}",
+                   disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
+        window_start, window_steps = time.perf_counter(), 0
+        loss = torch.tensor(float("nan"))
+        while self.step < config.steps:
+            step_start = time.perf_counter()
+            loss = self.train_step(self.stream.next_step())
+            self.train_seconds += time.perf_counter() - step_start
+            window_steps += 1
+            bar.update(1)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; "
+                                         "lower --lr or use --precision fp32")
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": self.step, "epoch": self.stream.epoch, "loss": loss.item(),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "logit_scale": self.model.logit_scale.exp().item(),
+                    "samples_per_s": window_steps * self.global_batch / max(elapsed, 1e-9),
+                    "time": time.time(),
+                }
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                samples_s=f"{record['samples_per_s']:.0f}")
+                if self.logger is not None:
+                    self.logger.log(record)
+                window_start, window_steps = time.perf_counter(), 0
+            if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
+                self.evaluate()
+            if config.save_every and self.step % config.save_every == 0 and self.step < config.steps:
+                self.save()
+        bar.close()
+        self.save()
+        metrics = self.evaluate()
+        skipped = sum_across_ranks(self.components.skipped_samples(), self.context)
+        results: Dict[str, Any] = {}
+        if self.context.is_main:
+            results = self._write_results(metrics, loss.item(), skipped,
+                                          time.perf_counter() - run_start)
+            self.logger.close()
+        return results
+
+    def _write_results(self, metrics: Dict[str, float], final_loss: float, skipped: int,
+                       wall_seconds: float) -> Dict[str, Any]:
+        config = self.config
+        results = {
+            "model": config.model,
+            "loss": config.loss,
+            "steps": self.step,
+            "global_batch": self.global_batch,
+            "samples_seen": self.step * self.global_batch,
+            "world_size": self.context.world_size,
+            "final_loss": final_loss,
+            "train_seconds": self.train_seconds,
+            "wall_seconds": wall_seconds,
+            "ema": self.ema is not None,
+            "skipped_samples": skipped,
+            "metrics": metrics,
+            "checkpoint": str(ckpt.resolve_checkpoint("latest", self.checkpoint_root)),
+        }
+        run_dir = config.run_dir
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        records = read_metrics(run_dir / "metrics.jsonl")
+        plot_loss_curve(records, run_dir / "loss_curve.png", title=f"{config.model} ({config.loss} loss)")
+        return results
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+    """The end-of-run table: zero-shot accuracies and R@1 both ways, plus run facts."""
+    metrics = results["metrics"]
+    rows = [(f"zero-shot {name[len('zeroshot_'):]} accuracy", f"{100 * value:.1f}%")
+            for name, value in metrics.items() if name.startswith("zeroshot_")]
+    for key, label in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
+        for k in (1, 5, 10):
+            if f"{key}_R@{k}" in metrics:
+                rows.append((f"{label} R@{k}", f"{100 * metrics[f'{key}_R@{k}']:.1f}%"))
+    rows += [("final loss", f"{results['final_loss']:.4f}"),
+             ("training time", f"{results['train_seconds']:.0f} s"),
+             ("wall time incl. evaluation", f"{results['wall_seconds']:.0f} s"),
+             ("samples seen", f"{results['samples_seen']}")]
+    if results.get("skipped_samples"):
+        rows.append(("corrupt samples skipped", str(results["skipped_samples"])))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{results['model']} ({results['loss']} loss, {results['steps']} steps)"]
+    lines += [f"  {name:<{width}}  {value:>8}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def train(config: Union[TrainConfig, Mapping[str, Any]],
+          components: Optional[TrainComponents] = None) -> Dict[str, Any]:
+    """Run one training job (single process or one torchrun rank) and return its results.
+
+    Rank 0 returns the results dict (also written to `<run_dir>/results.json`); other ranks
+    return {}. A process group started here is shut down at the end.
+    """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    started_group = not torch.distributed.is_initialized()
+    try:
+        return Trainer(config, components).run()
+    finally:
+        if started_group:
+            shutdown_distributed()
