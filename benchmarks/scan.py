@@ -14,6 +14,12 @@ just before it is what the run added. The table reports (inputs + that addition)
 
   python benchmarks/scan.py                  # default shapes
   python benchmarks/scan.py --end-to-end     # also a climp-tiny training step, auto vs reference
+  python benchmarks/scan.py --cpu-time       # only CPU time per element of the cpu backend
+
+--cpu-time measures the cpu backend on one thread with time.process_time (CPU time, so other
+processes on a busy machine barely change it), at climp-tiny's scan shapes by default: the
+image tower's d_state 1 scans (4 directions as channels, grouped B/C, no z) and the text
+tower's d_state 16 scans (gate z).
 """
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ sys.path.insert(0, REPO_ROOT)
 
 Shape = Tuple[int, int, int, int]
 DEFAULT_SHAPES = "32,192,256,1;32,192,256,16;8,768,512,16"
+# batch, dim, length, state, B/C groups, gate z: climp-tiny at batch 8 (64 px images, 16 tokens).
+CPU_TIME_SHAPES = ((8, 256, 256, 1, 4, False), (8, 512, 64, 1, 4, False), (8, 1024, 16, 1, 4, False),
+                   (8, 2048, 4, 1, 4, False), (8, 256, 16, 16, 1, True), (2, 768, 512, 16, 1, True))
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
@@ -106,6 +115,49 @@ def time_backend(backend: str, inputs: Dict[str, torch.Tensor], repeats: int, wa
         torch.autograd.grad(out, leaves, torch.ones_like(out))
 
     return best_time(forward, repeats, warmup), best_time(forward_backward, repeats, warmup)
+
+
+def cpu_time_per_element(repeats: int) -> List[Dict[str, float]]:
+    """Single-threaded CPU ns per (batch, dim, length) element of the cpu backend's forward and
+    backward (fwd+bwd minus fwd), median of `repeats` after a warm-up, at CPU_TIME_SHAPES."""
+    from climp.ops import selective_scan
+
+    torch.set_num_threads(1)
+    rows = []
+    for batch, dim, length, state, groups, gate in CPU_TIME_SHAPES:
+        x = make_inputs((batch, dim, length, state))
+        gen = torch.Generator().manual_seed(1)
+        for name in ("B", "C"):
+            x[name] = torch.randn(batch, groups, state, length, generator=gen).requires_grad_()
+        if not gate:
+            x["z"] = None
+        leaves = [x[k] for k in NAMES if x[k] is not None]
+
+        def forward():
+            with torch.no_grad():
+                selective_scan(*(x[k] for k in NAMES), delta_softplus=True, backend="cpu")
+
+        def forward_backward():
+            out = selective_scan(*(x[k] for k in NAMES), delta_softplus=True, backend="cpu")
+            torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+        def cpu_seconds(fn):
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.process_time()
+                fn()
+                times.append(time.process_time() - start)
+            return sorted(times)[len(times) // 2]
+
+        elements = batch * dim * length
+        fwd, both = cpu_seconds(forward), cpu_seconds(forward_backward)
+        rows.append({"shape": [batch, dim, length, state, groups, gate], "fwd_ns": fwd / elements * 1e9,
+                     "bwd_ns": (both - fwd) / elements * 1e9, "fwd_bwd_ns_per_update": both / elements / state * 1e9})
+        r = rows[-1]
+        print(f"| {batch},{dim},{length},{state} | {groups} | {'yes' if gate else 'no'} | {r['fwd_ns']:.2f} | "
+              f"{r['bwd_ns']:.2f} | {r['fwd_bwd_ns_per_update']:.2f} |", flush=True)
+    return rows
 
 
 def probe_memory(backend: str, shape: Shape) -> Dict[str, float]:
@@ -181,6 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--end-to-end", action="store_true", help="also time a climp-tiny training step")
     parser.add_argument("--e2e-batch", type=int, default=8)
+    parser.add_argument("--cpu-time", action="store_true", help="only single-threaded CPU ns per element (see above)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--probe-memory", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -191,6 +244,13 @@ def main(argv=None) -> int:
     from climp.ops import build_cpu_kernel
 
     build_cpu_kernel()
+    if args.cpu_time:
+        print("| shape (b,d,l,n) | groups | z | fwd ns/elem | bwd ns/elem | fwd+bwd ns/update |\n|---|---|---|---|---|---|")
+        rows = cpu_time_per_element(max(args.repeats, 11))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"cpu_time": rows}, f, indent=2)
+        return 0
     rows = []
     for shape in args.shapes:
         batch, dim, length, state = shape

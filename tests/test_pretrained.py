@@ -82,3 +82,22 @@ def test_image_tower_from_vmamba_imagenet_checkpoint(tmp_path):
     torch.save({"model": state}, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"missing keys \(1\): patch_embed.0.weight"):
         climp.create_model("climp-tiny", image_pretrained=tmp_path / "broken.pth")
+
+
+def test_mamba2_text_tower_from_transformers_language_model(tmp_path):
+    from transformers import Mamba2Config as HFMamba2Config
+    from transformers import Mamba2ForCausalLM
+
+    torch.manual_seed(0)
+    hf = Mamba2ForCausalLM(HFMamba2Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                          num_heads=4, head_dim=16, n_groups=1, expand=2, chunk_size=8)).eval()
+    hf.save_pretrained(tmp_path)
+    write_word_tokenizer(tmp_path, ["a", "red", "star", "blue", "circle"])
+    model = climp.create_model("climp-tiny", text_cfg={"type": "mamba2", "headdim": 16, "d_state": 8},
+                               text_pretrained=tmp_path).eval()
+    assert type(model.text).__name__ == "Mamba2TextTower"
+    ids = climp.get_tokenizer(model)(["a red star blue circle a red", "blue"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.text.backbone(ids), hf.backbone(ids).last_hidden_state, rtol=0, atol=1e-4)
+    short = model.encode_text(ids[1:, :2])
+    torch.testing.assert_close(model.encode_text(ids)[1:], short, rtol=0, atol=1e-5)  # padding changes nothing

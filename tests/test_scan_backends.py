@@ -121,6 +121,21 @@ def test_backend_matches_reference_bfloat16(backend, param_dtype):
         assert_scaled_close(grads[name], grads_ref[name], 3e-2, f"d{name}")
 
 
+def test_cpu_state1_two_threads_matches_reference():
+    """Big enough for the kernel to split d_state-1 blocks over two threads (dB, dC partials)."""
+    inputs = make_inputs(batch=2, dim=512, length=131, state=1, groups=4, z=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, grads = run_with_grads(selective_scan_cpu, inputs, True)
+    finally:
+        torch.set_num_threads(previous)
+    out_ref, grads_ref = run_with_grads(selective_scan_reference, inputs, True)
+    assert_scaled_close(out, out_ref, 1e-4, "out")
+    for name in grads_ref:
+        assert_scaled_close(grads[name], grads_ref[name], 1e-4, f"d{name}")
+
+
 def test_float16_inputs_cpu():
     inputs = make_inputs(dtype=torch.float16, state=2)
     out_ref, grads_ref = run_with_grads(selective_scan_reference, inputs, True)

@@ -29,13 +29,31 @@ class SsmLike(nn.Module):
 
 def test_weight_decay_excludes_norms_biases_ssm_params_and_marked():
     model = SsmLike()
-    no_decay, decay = param_groups(model, 0.2)
+    no_decay, decay = param_groups(model, 0.2, lr=1.0)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in decay["params"]) == sorted(
         ["embedding.weight", "in_proj.weight", "dt_proj.weight"])
     assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(
         ["in_proj.bias", "dt_proj.bias", "A_log", "D", "ln_1.weight", "ln_1.bias", "marked", "logit_scale"])
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+
+
+def test_learning_rate_multipliers_follow_the_longest_prefix():
+    model = nn.ModuleDict({"visual": nn.Linear(2, 2), "text": nn.Linear(2, 2), "head": nn.Linear(2, 2)})
+    optimizer = create_optimizer(model, lr=0.1, weight_decay=0.1,
+                                 lr_multipliers={"visual.": 0.0, "text.": 2.0, "text.bias": 3.0})
+    scheduler = create_scheduler(optimizer, warmup=2, total_steps=4)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(model["visual"].weight)] == 0.0
+    assert lr_of[id(model["text"].weight)] == pytest.approx(0.1)  # 0.1 * 2.0 * warmup factor 0.5
+    assert lr_of[id(model["text"].bias)] == pytest.approx(0.15)
+    assert lr_of[id(model["head"].weight)] == pytest.approx(0.05)
+    before = model["visual"].weight.detach().clone()
+    loss = sum(m(torch.ones(1, 2)).sum() for m in model.values())
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    assert torch.equal(model["visual"].weight, before)  # multiplier 0 freezes through the optimiser
 
 
 def test_schedule_warmup_then_cosine_to_zero():

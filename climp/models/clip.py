@@ -22,6 +22,7 @@ VISION_TOWERS: Dict[str, Tuple[str, str, str]] = {
 }
 TEXT_TOWERS: Dict[str, Tuple[str, str, str]] = {
     "mamba": ("climp.models.text", "MambaTextConfig", "MambaTextTower"),
+    "mamba2": ("climp.models.text", "Mamba2TextConfig", "Mamba2TextTower"),
     "transformer": ("climp.models.text", "TransformerTextConfig", "TransformerTextTower"),
 }
 

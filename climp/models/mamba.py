@@ -346,7 +346,7 @@ def read_mamba_weights(directory: Union[str, Path]) -> Dict[str, torch.Tensor]:
     for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index_file = directory / name
         if index_file.is_file():
-            shards = sorted(set(_read_json(index_file).get("weight_map", {}).values()))
+            shards = sorted(set(read_json(index_file).get("weight_map", {}).values()))
             if not shards:
                 raise ValueError(f"{index_file} has no weight_map")
             state_dict: Dict[str, torch.Tensor] = {}
@@ -360,7 +360,7 @@ def read_mamba_weights(directory: Union[str, Path]) -> Dict[str, torch.Tensor]:
     )
 
 
-def _read_json(file: Path) -> Dict[str, Any]:
+def read_json(file: Path) -> Dict[str, Any]:
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
@@ -375,7 +375,7 @@ def read_mamba_checkpoint(path: Union[str, Path]) -> Tuple[MambaConfig, Dict[str
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in Mamba checkpoint directory {directory}")
-    return mamba_config_from_json(_read_json(config_file)), read_mamba_weights(directory)
+    return mamba_config_from_json(read_json(config_file)), read_mamba_weights(directory)
 
 
 def rename_mamba_key(key: str) -> Optional[str]:
@@ -389,7 +389,7 @@ def rename_mamba_key(key: str) -> Optional[str]:
     return key
 
 
-def load_mamba_state_dict(model: MambaBackbone, state_dict: Mapping[str, torch.Tensor]) -> None:
+def load_mamba_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a mamba_ssm / transformers Mamba-1 state dict into `model` (strict).
 
     Renames keys (`backbone.` prefix, `embeddings` -> `embedding`, drops `lm_head`), pads the

@@ -8,7 +8,7 @@ follow mamba_ssm's `Mamba2` and transformers' `Mamba2Mixer`, so both projects' c
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .mamba import MambaBlock, RMSNorm, _read_json, load_mamba_state_dict, read_mamba_weights
+from .mamba import MambaBlock, RMSNorm, read_json, load_mamba_state_dict, read_mamba_weights
+from ..dataconfig import FromDict
 
 # ----------------------------------------------------------------------------- SSD scan
 
@@ -56,7 +57,8 @@ def ssd_chunk_scan(
     batch, length, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     if dt.shape != (batch, length, nheads) or A.shape != (nheads,):
-        raise ValueError(f"dt must be {(batch, length, nheads)} and A ({nheads},), got {tuple(dt.shape)}, {tuple(A.shape)}")
+        raise ValueError(f"dt must be {(batch, length, nheads)} and A ({nheads},), "
+                         f"got {tuple(dt.shape)} and {tuple(A.shape)}")
     if B.shape != (batch, length, ngroups, dstate) or C.shape != B.shape:
         raise ValueError(f"B and C must both be (batch, length, groups, state), got {tuple(B.shape)}, {tuple(C.shape)}")
     if nheads % ngroups:
@@ -87,12 +89,12 @@ def ssd_chunk_scan(
 
     if nchunks > 1:  # the state of the last chunk is not needed: no final state is returned
         # 2. state each chunk leaves behind when started from zero: sum_s exp(a_{s+1..T}) dt_s x_s B_s^T
-        head = slice(None, -1)
-        to_end = torch.exp((a_cum[:, head, ..., -1:] - a_cum[:, head]).to(dtype)).permute(0, 1, 4, 2, 3)
-        chunk_states = torch.einsum("bcsgn,bcsgrp->bcgrpn", Bc[:, head], xdt[:, head] * to_end.unsqueeze(-1))
+        but_last = slice(None, -1)
+        to_end = torch.exp((a_cum[:, but_last, ..., -1:] - a_cum[:, but_last]).to(dtype)).permute(0, 1, 4, 2, 3)
+        chunk_states = torch.einsum("bcsgn,bcsgrp->bcgrpn", Bc[:, but_last], xdt[:, but_last] * to_end.unsqueeze(-1))
 
         # 3. state at the end of chunk i (start of chunk i + 1): decayed sum over chunks y <= i
-        ends = a_cum[:, head, ..., -1].permute(0, 2, 3, 1).cumsum(dim=-1)  # b g r c-1
+        ends = a_cum[:, but_last, ..., -1].permute(0, 2, 3, 1).cumsum(dim=-1)  # b g r c-1
         start_states = torch.einsum("bgriy,bygrpn->bigrpn", _decay(ends, dtype), chunk_states)
 
         # 4. contribution of the start state to chunks 1..c-1: y_t += exp(a_{1..t}) C_t . h_start
@@ -111,7 +113,7 @@ def ssd_chunk_scan(
 
 class GatedRMSNorm(nn.Module):
     """RMSNorm of x * silu(z), normalised per group of `group_size` channels (mamba_ssm's
-    `RMSNormGated` with norm_before_gate=False), computed in float32."""
+    `RMSNormGated` with norm_before_gate=False), computed in float32 at least."""
 
     def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
         super().__init__()
@@ -122,10 +124,11 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h = x.float() * F.silu(z.float())
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        h = x.to(dtype) * F.silu(z.to(dtype))
         h = h.unflatten(-1, (-1, self.group_size))
         h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        return (h * self.weight.float()).to(x.dtype)
+        return (h * self.weight.to(dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
@@ -210,13 +213,14 @@ class Mamba2Mixer(nn.Module):
         )
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length]).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())
+        dtype = torch.promote_types(hidden.dtype, torch.float32)  # the scan runs in float32 at least
+        dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype))
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(*self.dt_limit)
         y = ssd_chunk_scan(
             x.unflatten(-1, (self.nheads, self.headdim)),
             dt,
-            -torch.exp(self.A_log.float()),
+            -torch.exp(self.A_log.to(dtype)),
             B.unflatten(-1, (self.ngroups, self.d_state)),
             C.unflatten(-1, (self.ngroups, self.d_state)),
             D=self.D,
@@ -230,7 +234,7 @@ class Mamba2Mixer(nn.Module):
 
 
 @dataclass
-class Mamba2Config:
+class Mamba2Config(FromDict):
     """Size and SSD hyper-parameters of a Mamba-2 token backbone (mamba_ssm defaults)."""
 
     d_model: int
@@ -274,18 +278,6 @@ class Mamba2Config:
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"{type(self).__name__}.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Mamba2Config":
-        """Build from a dict; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
     @property
     def nheads(self) -> int:
         return self.expand * self.d_model // self.headdim
@@ -304,7 +296,7 @@ class Mamba2Backbone(nn.Module):
         self.cfg = cfg
         self.grad_checkpointing = False
         self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        drop_rates = torch.linspace(0, cfg.drop_path_rate, cfg.n_layer).tolist()
+        drop_rates = [cfg.drop_path_rate * i / max(cfg.n_layer - 1, 1) for i in range(cfg.n_layer)]
         self.layers = nn.ModuleList(
             MambaBlock(cfg.d_model, self._make_mixer(cfg), norm_eps=cfg.norm_eps, drop_path=rate)
             for rate in drop_rates
@@ -355,7 +347,7 @@ class Mamba2Backbone(nn.Module):
         if overrides:
             cfg = Mamba2Config.from_dict({**cfg.to_dict(), **overrides})
         model = cls(cfg)
-        load_mamba_state_dict(model, state_dict)
+        load_mamba2_state_dict(model, state_dict)
         return model
 
 
@@ -456,6 +448,19 @@ def mamba2_config_from_json(raw: Mapping[str, Any]) -> Mamba2Config:
                      "nor a mamba_ssm config (d_model, ssm_cfg, ...)")
 
 
+def read_mamba2_weights(directory: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The raw state dict of a Mamba-2 checkpoint directory; the files are laid out as Mamba-1's
+    (model.safetensors, pytorch_model.bin or a sharded index)."""
+    return read_mamba_weights(directory)
+
+
+def load_mamba2_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a mamba_ssm / transformers Mamba-2 state dict into a `Mamba2Backbone` (strict): the
+    key renames (`backbone.` prefix, `embeddings` -> `embedding`, no `lm_head`) and vocabulary
+    padding are Mamba-1's; missing, unexpected or mis-shaped entries raise a ValueError."""
+    load_mamba_state_dict(model, state_dict)
+
+
 def read_mamba2_checkpoint(path: Union[str, Path]) -> Tuple[Mamba2Config, Dict[str, torch.Tensor]]:
     """(config, raw state dict) of a transformers or mamba_ssm Mamba-2 checkpoint directory."""
     directory = Path(path)
@@ -464,4 +469,4 @@ def read_mamba2_checkpoint(path: Union[str, Path]) -> Tuple[Mamba2Config, Dict[s
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in Mamba-2 checkpoint directory {directory}")
-    return mamba2_config_from_json(_read_json(config_file)), read_mamba_weights(directory)
+    return mamba2_config_from_json(read_json(config_file)), read_mamba2_weights(directory)

@@ -53,18 +53,16 @@ def _read_config(path: PathLike) -> Dict[str, Any]:
 def load_text_tower_pretrained(tower: nn.Module, path: PathLike) -> None:
     """Load a language model into a Mamba / Mamba-2 text tower's backbone, or an open_clip
     checkpoint into a Transformer text tower. The projection to the joint space stays at init."""
-    from .text import MambaTextTower, TransformerTextTower, load_open_clip_text_state_dict
+    from .mamba import load_mamba_state_dict, read_mamba_weights
+    from .mamba2 import load_mamba2_state_dict, read_mamba2_weights
+    from .text import Mamba2TextTower, MambaTextTower, TransformerTextTower, load_open_clip_text_state_dict
 
-    if isinstance(tower, MambaTextTower):
-        from .mamba import load_mamba_state_dict, read_mamba_weights
-
+    if isinstance(tower, Mamba2TextTower):
+        load_mamba2_state_dict(tower.backbone, read_mamba2_weights(path))
+    elif isinstance(tower, MambaTextTower):
         load_mamba_state_dict(tower.backbone, read_mamba_weights(path))
     elif isinstance(tower, TransformerTextTower):
         load_open_clip_text_state_dict(tower, read_state_dict(path))
-    elif type(tower).__name__ == "Mamba2TextTower":
-        from .mamba2 import load_mamba2_state_dict, read_mamba2_weights
-
-        load_mamba2_state_dict(tower.backbone, read_mamba2_weights(path))
     else:
         raise ValueError(f"no text importer for {type(tower).__name__}")
 

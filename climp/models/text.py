@@ -14,6 +14,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer, text_gl
 from torch import nn
 
 from .mamba import MambaBackbone, MambaConfig
+from .mamba2 import Mamba2Backbone, Mamba2Config
 from .validation import check_token_ids
 from .weights import load_state_dict_strict
 from ..dataconfig import FromDict
@@ -40,6 +41,15 @@ def check_text_input(token_ids: torch.Tensor, pad_id: int, vocab_size: int, cont
 # ----------------------------------------------------------------------------- Mamba
 
 
+def check_pooling(cfg) -> None:
+    """Validate the pooling settings shared by the Mamba and Mamba-2 text configs."""
+    name = type(cfg).__name__
+    if cfg.pooling not in ("last", "mean"):
+        raise ValueError(f"{name}.pooling must be 'last' or 'mean', got {cfg.pooling!r}")
+    if not 0 <= cfg.pad_id < cfg.vocab_size:
+        raise ValueError(f"{name}.pad_id {cfg.pad_id} is outside the vocabulary [0, {cfg.vocab_size})")
+
+
 @dataclass
 class MambaTextConfig(MambaConfig):
     """A Mamba backbone config plus how the tower reads padded captions.
@@ -53,22 +63,32 @@ class MambaTextConfig(MambaConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pooling not in ("last", "mean"):
-            raise ValueError(f"MambaTextConfig.pooling must be 'last' or 'mean', got {self.pooling!r}")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"MambaTextConfig.pad_id {self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+        check_pooling(self)
+
+
+@dataclass
+class Mamba2TextConfig(Mamba2Config):
+    """A Mamba-2 backbone config plus the pooling settings of MambaTextConfig."""
+
+    pad_id: int = 0
+    pooling: str = "last"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_pooling(self)
 
 
 class MambaTextTower(nn.Module):
     """Mamba backbone, pooling at the last non-padding token, Linear projection to embed_dim."""
 
     context_length: Optional[int] = None  # no limit: any caption length is read
+    backbone_class = MambaBackbone
 
     def __init__(self, cfg: MambaTextConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
         self.output_dim = embed_dim
-        self.backbone = MambaBackbone(cfg)
+        self.backbone = self.backbone_class(cfg)
         self.proj = nn.Linear(cfg.d_model, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=cfg.d_model ** -0.5)
 
@@ -89,6 +109,12 @@ class MambaTextTower(nn.Module):
         check_text_input(token_ids, self.cfg.pad_id, self.cfg.vocab_size)
         token_ids = token_ids.long()
         return self.proj(self.pool(self.backbone(token_ids), token_ids))
+
+
+class Mamba2TextTower(MambaTextTower):
+    """The same tower over a Mamba-2 (SSD) backbone, as CLIMP's Mamba-2 1.3B text encoder."""
+
+    backbone_class = Mamba2Backbone
 
 
 # ----------------------------------------------------------------------------- Transformer

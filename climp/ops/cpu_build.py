@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("selective_scan.c", "selective_scan_impl.h")
+SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h")
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
 # Tried in order: the fast build first, then builds without flags some compilers lack.
 OPTIONAL_FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])

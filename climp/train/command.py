@@ -18,6 +18,13 @@ nccl on GPUs). Explicit flags override values from --config."""
 HELP: Dict[str, str] = {
     "model": "model name from climp.list_models() (e.g. climp-tiny, clip-vit-tiny)",
     "grad_checkpointing": "recompute activations in the backward pass to save memory",
+    "image_pretrained": "start the image tower from a VMamba ImageNet or open_clip checkpoint",
+    "text_pretrained": "start the text tower from a Mamba/Mamba-2 language model directory "
+                       "(transformers or mamba_ssm layout) or an open_clip checkpoint",
+    "lock_image": "freeze the image tower but its last N layer groups (head included); -1 trains it all",
+    "lock_text": "freeze the text tower but its last N layer groups (head included); -1 trains it all",
+    "lr_image_mult": "learning-rate multiplier of the image tower",
+    "lr_text_mult": "learning-rate multiplier of the text tower",
     "data": "training data: 'synthetic' (embedded scenes) or 'files' (set by --train-data)",
     "train_data": "a CSV file, an image folder with captions, or webdataset shards "
                   "such as 'shards-{000..009}.tar' (implies --data files)",
@@ -63,7 +70,8 @@ CHOICES = {"loss": LOSSES, "precision": PRECISIONS, "caption_style": CAPTION_STY
            "device": DEVICES, "data": ("synthetic", "files")}
 
 GROUPS = {
-    "model": ("model", "grad_checkpointing"),
+    "model": ("model", "grad_checkpointing", "image_pretrained", "text_pretrained", "lock_image",
+              "lock_text", "lr_image_mult", "lr_text_mult"),
     "data": ("data", "train_data", "csv_img_key", "csv_caption_key", "csv_separator",
              "train_samples", "caption_style", "resolution", "workers"),
     "optimisation": ("steps", "batch_size", "accum_freq", "lr", "warmup", "weight_decay",
@@ -85,7 +93,8 @@ def _value_type(field_type: Any, default: Any):
 
 def _metavar(name: str, default: Any) -> str:
     if isinstance(default, bool) or not isinstance(default, (int, float)):
-        return {"train_data": "PATH", "resume": "CKPT", "output_dir": "DIR"}.get(name, "STR")
+        return {"train_data": "PATH", "resume": "CKPT", "output_dir": "DIR", "image_pretrained": "PATH",
+                "text_pretrained": "PATH"}.get(name, "STR")
     return "N" if isinstance(default, int) else "X"
 
 

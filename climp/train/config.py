@@ -25,6 +25,12 @@ class TrainConfig:
     # model
     model: str = "climp-tiny"
     grad_checkpointing: bool = False
+    image_pretrained: Optional[str] = None
+    text_pretrained: Optional[str] = None
+    lock_image: int = -1
+    lock_text: int = -1
+    lr_image_mult: float = 1.0
+    lr_text_mult: float = 1.0
     # data
     data: str = "synthetic"
     train_data: Optional[str] = None
@@ -86,6 +92,12 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        for key in ("lr_image_mult", "lr_text_mult"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
+        for key in ("lock_image", "lock_text"):
+            if getattr(self, key) < -1:
+                raise ValueError(f"{key} must be -1 (train the whole tower) or a number of unlocked groups >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data not in ("synthetic", "files"):

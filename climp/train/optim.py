@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,16 +20,26 @@ def excluded_from_weight_decay(name: str, param: nn.Parameter) -> bool:
     return leaf == "D" or any(part in name for part in NO_DECAY_NAME_PARTS)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
-    """Two AdamW groups: decayed matrices and undecayed everything else (trainable only)."""
-    decay, no_decay = [], []
+def lr_multiplier(name: str, multipliers: Mapping[str, float]) -> float:
+    """The multiplier of the longest name prefix in `multipliers` that `name` starts with."""
+    matches = [prefix for prefix in multipliers if name.startswith(prefix)]
+    return multipliers[max(matches, key=len)] if matches else 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float,
+                 lr_multipliers: Optional[Mapping[str, float]] = None) -> List[Dict]:
+    """AdamW groups of trainable parameters: decayed matrices and undecayed everything else,
+    split further by learning rate when a name prefix (e.g. "visual.") has a multiplier."""
+    multipliers = dict(lr_multipliers or {})
+    groups: Dict[Tuple[bool, float], List[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if excluded_from_weight_decay(name, param) else decay).append(param)
+        key = (not excluded_from_weight_decay(name, param), lr_multiplier(name, multipliers))
+        groups.setdefault(key, []).append(param)
     return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr": lr * mult}
+        for (decayed, mult), params in sorted(groups.items())
     ]
 
 
@@ -39,9 +49,10 @@ def create_optimizer(
     weight_decay: float,
     betas: Tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-6,
+    lr_multipliers: Optional[Mapping[str, float]] = None,
 ) -> torch.optim.AdamW:
-    """torch's AdamW over `param_groups(model, weight_decay)`."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    """torch's AdamW over `param_groups(...)`; the schedule scales every group's own lr."""
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr, lr_multipliers), lr=lr, betas=betas, eps=eps)
 
 
 def warmup_cosine_factor(step: int, warmup: int, total_steps: int) -> float:

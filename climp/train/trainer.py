@@ -57,8 +57,13 @@ def build_components(config: TrainConfig) -> TrainComponents:
     from climp.data.collate import ImageTextCollate
 
     model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
-        config.model, image_size=config.resolution, **logit_init_overrides(config.loss))
-    tokenizer = climp.get_tokenizer(config.model)
+        config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
+        text_pretrained=config.text_pretrained, **logit_init_overrides(config.loss))
+    if config.lock_image >= 0:
+        model.lock_image_tower(config.lock_image)
+    if config.lock_text >= 0:
+        model.lock_text_tower(config.lock_text)
+    tokenizer = climp.get_tokenizer(model)
     if config.data == "synthetic":
         train_dataset = synthetic.SyntheticScenes(
             split="train", num_samples=config.train_samples, resolution=config.resolution,
@@ -92,6 +97,11 @@ def _features(out: Mapping[str, Any]) -> tuple:
 class Trainer:
     """One training run on this process's rank; `run()` returns the final results dict."""
 
+    def base_lr(self) -> float:
+        """The scheduled learning rate before per-tower multipliers."""
+        group = self.optimizer.param_groups[0]
+        return self.config.lr * group["lr"] / group["initial_lr"] if group["initial_lr"] else 0.0
+
     def __init__(self, config: TrainConfig, components: Optional[TrainComponents] = None,
                  context: Optional[DistributedContext] = None):
         self.config = config
@@ -112,8 +122,9 @@ class Trainer:
         self.loss_fn = create_loss(config.loss, local_loss=config.local_loss,
                                    gather_with_grad=config.gather_with_grad,
                                    rank=self.context.rank, world_size=self.context.world_size)
-        self.optimizer = create_optimizer(self.model, config.lr, config.weight_decay,
-                                          (config.beta1, config.beta2), config.eps)
+        self.optimizer = create_optimizer(
+            self.model, config.lr, config.weight_decay, (config.beta1, config.beta2), config.eps,
+            lr_multipliers={"visual.": config.lr_image_mult, "text.": config.lr_text_mult})
         self.scheduler = create_scheduler(self.optimizer, config.warmup, config.steps)
         self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
@@ -281,7 +292,7 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": self.step, "epoch": self.stream.epoch, "loss": loss.item(),
-                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "lr": self.base_lr(),
                     "logit_scale": self.model.logit_scale.exp().item(),
                     "samples_per_s": window_steps * self.global_batch / max(elapsed, 1e-9),
                     "time": time.time(),
