@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy
 import pytest
 import torch
 from PIL import Image
 
+import climp
 import climp.analysis.command as command
-from test_analysis_models import MeanPoolText, ScanText, TinyClip
+import climp.analysis.params as params
+from test_analysis_models import MeanPoolText, ScanText, TinyClip, shrunk_climp_tiny
 
 
 def tiny_loader(name, checkpoint, resolution, device):
@@ -18,8 +21,8 @@ def tiny_loader(name, checkpoint, resolution, device):
     model = TinyClip(MeanPoolText() if name == "tiny-pool" else ScanText(), logit_bias=name == "tiny-siglip")
 
     def preprocess(image: Image.Image) -> torch.Tensor:
-        pixels = torch.tensor(list(image.resize((2, 2)).getdata()), dtype=torch.float32) / 255.0
-        return pixels.T.reshape(3, 2, 2)
+        pixels = torch.from_numpy(numpy.asarray(image.resize((2, 2)), dtype=numpy.float32)) / 255.0
+        return pixels.permute(2, 0, 1)
 
     def tokenizer(captions):
         ids = [[1 + (ord(c) % 11) for c in caption.split()[0][:4]] for caption in captions]
@@ -61,6 +64,7 @@ def test_single_model_writes_table_json_and_plots(tiny, tmp_path, capsys):
     assert "lambda_1" in printed and "negative mass" in printed and "trace (Hutchinson)" in printed
     results = json.loads((tmp_path / "results.json").read_text())["models"]
     r = results["tiny-pool"]
+    assert r["hvp"]["method"] == "finite-difference" and r["hvp"]["eps_rel"] == 3e-4 and r["excluded"] == []
     assert r["num_parameters"] == sum(p.numel() for p in tiny_loader("tiny-pool", None, None, "cpu")[0].parameters())
     assert len(r["eigen"]["top"]) == 2 and r["eigen"]["top"][0] >= r["eigen"]["top"][1]
     assert r["landscape"]["mode"] == "1d" and len(r["landscape"]["loss"]) == 3
@@ -96,3 +100,46 @@ def test_siglip_model_and_bad_arguments(tiny, tmp_path):
 def test_real_loader_reports_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         command.load_model("clip-vit-tiny", str(tmp_path / "missing"), None, "cpu")
+
+
+def test_default_exclusion_is_the_token_embedding_and_none_keeps_it(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(params, "TOKEN_EMBEDDINGS", ("text.embed", "text.token_embedding"))
+    model = tiny_loader("tiny-pool", None, None, "cpu")[0]
+    everything = sum(p.numel() for p in model.parameters())
+    runs = {"default": [], "none": ["--exclude", "none"], "proj": ["--exclude", "text.proj"]}
+    counts = {}
+    for label, extra in runs.items():
+        assert command.run(parse(["--model", "tiny-pool", "--landscape", "none", "--output-dir", str(tmp_path / label),
+                                  *FAST, *extra])) == 0
+        r = json.loads((tmp_path / label / "results.json").read_text())["models"]["tiny-pool"]
+        counts[label] = r["num_parameters"]
+        assert r["excluded"] == {"default": ["text.embed"], "none": [], "proj": ["text.proj"]}[label]
+    assert counts == {"default": everything - model.text.embed.weight.numel(), "none": everything,
+                      "proj": everything - sum(p.numel() for p in model.text.proj.parameters())}
+    with pytest.raises(ValueError, match="--exclude none cannot be combined"):
+        command.run(parse(["--model", "tiny-pool", "--output-dir", str(tmp_path), *FAST, "--exclude", "none", "text.proj"]))
+
+
+def test_token_embedding_names_of_climp_text_towers():
+    mamba, _ = shrunk_climp_tiny()
+    assert params.token_embeddings(mamba) == ["text.backbone.embedding"]
+    vit = climp.create_model("clip-vit-tiny", vision_cfg={"width": 8, "layers": 1, "head_width": 4, "image_size": 16},
+                             text_cfg={"width": 8, "heads": 2, "layers": 1, "vocab_size": 32})
+    assert params.token_embeddings(vit) == ["text.token_embedding"]
+    assert params.token_embeddings(TinyClip(MeanPoolText())) == []
+
+
+def test_autograd_option_threads_and_their_errors(tiny, tmp_path):
+    before = torch.get_num_threads()
+    argv = ["--model", "tiny-scan", "--hvp", "autograd", "--cache-graph", "--threads", "2", "--landscape", "none",
+            "--output-dir", str(tmp_path), *FAST]
+    assert command.run(parse(argv)) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["models"]["tiny-scan"]["hvp"]["method"] == "autograd" and saved["torch_threads"] == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="cache_graph applies"):
+        command.run(parse(["--model", "tiny-scan", "--cache-graph", *FAST]))
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        command.run(parse(["--model", "tiny-scan", "--threads", "0", "--output-dir", str(tmp_path), *FAST]))
+    with pytest.raises(SystemExit):
+        parse(["--model", "tiny-scan", "--hvp", "exact"])

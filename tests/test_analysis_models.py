@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+import climp
 import climp.ops
 
 
@@ -149,3 +150,16 @@ class _Bound(nn.Module):
 
     def forward(self, *args):
         return functional_call(self.model, self.replaced, args)
+
+
+def shrunk_climp_tiny(seed: int = 0):
+    """climp-tiny (VMamba image tower, Mamba text tower) shrunk to ~1e5 parameters, float32, with
+    one batch of 4 random 32x32 images and padded captions over a 64-token vocabulary."""
+    torch.manual_seed(seed)
+    model = climp.create_model("climp-tiny", vision_cfg={"depths": [1, 1, 1, 1], "dims": 8, "image_size": 32},
+                               text_cfg={"d_model": 16, "n_layer": 1, "vocab_size": 64})
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 64, (4, 6), generator=g)
+    ids[0, 4:] = 0
+    ids[1, 5:] = 0
+    return model, [(torch.randn(4, 3, 32, 32, generator=g), ids)]

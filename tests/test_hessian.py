@@ -13,8 +13,9 @@ from climp.analysis import (ContrastiveLoss, HessianOperator, HessianSettings, a
                             filter_normalized_direction, hutchinson_trace, loss_slice, select_parameters,
                             slq_quadratures, spectral_density, top_eigenpairs)
 from climp.analysis.eigen import lanczos
+from climp.analysis.hvp import DEFAULT_EPS_REL
 from test_analysis_models import (AttentionText, MeanPoolText, ScanText, TanhMLP, TinyClip, clip_batches,
-                                  exact_hessian, mse_loss, regression_batches)
+                                  exact_hessian, mse_loss, regression_batches, shrunk_climp_tiny)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -186,6 +187,159 @@ def test_contrastive_hvp_through_attention_and_selective_scan(text_tower, logit_
     assert float(hv.abs().max()) > 1e-3
     eps, tol = (1e-5, 1e-6) if text_tower is AttentionText else (1e-3, 1e-3)
     torch.testing.assert_close(hv, finite_difference_hvp(op, v, eps), rtol=tol, atol=tol * float(hv.abs().max()))
+
+
+# --- finite-difference Hessian-vector products ---------------------------------------------
+# Central differences err by O(h^2) (truncation, largest along the top eigenvectors) plus
+# O(eps_mach / h) (rounding, dominant along random directions). Error measure:
+# ||Hv_fd - Hv|| / (||H|| ||v||), along the top eigenvector and random directions. Measured at
+# the default steps: float64 (eps_rel 1e-6) at most 2e-9; float32 (eps_rel 3e-4) at most
+# 1.7e-4 on these nets and 1e-4 on climp-tiny. The tolerances leave a factor 5-50 above those.
+FD_TOL = {torch.float64: 1e-7, torch.float32: 1e-3}
+
+
+def operator_error(op: HessianOperator, exact_matvec, vectors, norm_H: float) -> float:
+    """Largest ||op(v) - H v|| / (||H|| ||v||) over the vectors."""
+    return max(float((op.matvec(v) - exact_matvec(v)).norm()) / (norm_H * float(v.norm())) for v in vectors)
+
+
+def random_vectors(n: int, count: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g, dtype=torch.float64) for _ in range(count)]
+
+
+def contrastive_setup(tower, seed: int = 5):
+    torch.manual_seed(seed)
+    model = TinyClip(tower()).double()
+    batches = clip_batches(2)
+    with climp.ops.double_backward_mode():
+        H = exact_hessian(model, ContrastiveLoss(), batches, list(select_parameters(model)))
+    return model, batches, H
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("net", ["mlp", "MeanPoolText", "AttentionText", "ScanText"])
+def test_finite_difference_hvp_matches_exact_hessian(mlp, net, dtype):
+    if net == "mlp":
+        _, batches, _, H = mlp
+        model, loss = TanhMLP().double(), mse_loss
+        model.load_state_dict(mlp[0].state_dict())
+    else:
+        model, batches, H = contrastive_setup({"MeanPoolText": MeanPoolText, "AttentionText": AttentionText,
+                                               "ScanText": ScanText}[net])
+        loss = ContrastiveLoss()
+    model = model.to(dtype)
+    batches = [tuple(t.to(dtype) if t.is_floating_point() else t for t in b) for b in batches]
+    op = HessianOperator(model, loss, batches, select_parameters(model), method="finite-difference")
+    assert op.eps_rel == DEFAULT_EPS_REL[dtype]
+    values, vectors = torch.linalg.eigh(H)
+    top = vectors[:, values.abs().argmax()]
+    norm_H = float(values.abs().max())
+    assert operator_error(op, lambda v: H @ v, [top, *random_vectors(op.dim, 2, seed=9)], norm_H) < FD_TOL[dtype]
+    assert op.num_products == 3
+
+
+def test_finite_difference_step_is_relative_and_products_are_homogeneous(mlp):
+    """h = eps_rel (1 + rms(theta)) whatever ||v||; H(c v) = c H(v) up to rounding; H 0 = 0."""
+    model, batches, _, H = mlp
+    op = HessianOperator(model, mse_loss, batches, select_parameters(model), method="finite-difference", eps_rel=1e-6)
+    theta = torch.cat([p.detach().reshape(-1) for p in op.params])
+    assert op.finite_difference_step() == pytest.approx(1e-6 * (1 + float(theta.pow(2).mean().sqrt())))
+    v = random_vectors(op.dim, 1, seed=10)[0]
+    torch.testing.assert_close(op.matvec(1e3 * v), 1e3 * op.matvec(v), rtol=1e-12, atol=0)
+    assert float(op.matvec(torch.zeros(op.dim, dtype=torch.float64)).abs().max()) == 0.0
+    coarse = HessianOperator(model, mse_loss, batches, select_parameters(model), method="finite-difference", eps_rel=3e-2)
+    assert float((coarse.matvec(v) - H @ v).norm() / (H @ v).norm()) > 1e-4  # the step really is used
+
+
+def test_finite_difference_restores_parameters_bit_for_bit():
+    torch.manual_seed(3)
+    model = TinyClip(ScanText()).float()  # float32: theta + h u - h u != theta in floating point
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    op = HessianOperator(model, ContrastiveLoss(), [tuple(t.float() if t.is_floating_point() else t for t in b)
+                                                    for b in clip_batches(1)],
+                         select_parameters(model), method="finite-difference")
+    op.matvec(random_vectors(op.dim, 1, seed=11)[0])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_finite_difference_products_use_first_order_kernels(monkeypatch):
+    """Finite differences never enter double_backward_mode (the scan keeps its fast backend)."""
+    entered = []
+
+    @contextlib.contextmanager
+    def double_backward_mode():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(climp.ops, "double_backward_mode", double_backward_mode)
+    torch.manual_seed(7)
+    model = TinyClip(ScanText()).double()
+    batches = clip_batches(1)
+    v = random_vectors(sum(p.numel() for p in model.parameters()), 1, seed=12)[0]
+    fd = HessianOperator(model, ContrastiveLoss(), batches, select_parameters(model), method="finite-difference")
+    fd.matvec(v)
+    fd.gradient()
+    assert entered == []
+    HessianOperator(model, ContrastiveLoss(), batches, select_parameters(model)).matvec(v)
+    assert entered == [True]
+
+
+def test_finite_difference_matches_autograd_on_a_mamba_clip():
+    """A climp-tiny shrunk to ~1e5 parameters (VMamba image tower, Mamba text tower, float32):
+    finite differences through the compiled scan kernel against double backward through the
+    chunked scan, along the top eigenvector (from autograd Lanczos) and random directions."""
+    model, batches = shrunk_climp_tiny()
+    chosen = select_parameters(model)
+    exact = HessianOperator(model, ContrastiveLoss(), batches, chosen)
+    eig = top_eigenpairs(exact.matvec, exact.dim, k=1, max_steps=15, tol=1e-3,
+                         generator=torch.Generator().manual_seed(0), progress=None)
+    assert eig.top_values[0] > 1.0
+    fd = HessianOperator(model, ContrastiveLoss(), batches, chosen, method="finite-difference")
+    vectors = [eig.top_vectors[0], *random_vectors(exact.dim, 2, seed=13)]
+    assert operator_error(fd, exact.matvec, vectors, eig.top_values[0]) < FD_TOL[torch.float32]
+
+
+def test_finite_difference_eigenvalues_and_trace_match_exact(mlp):
+    model, batches, _, H = mlp
+    op = HessianOperator(model, mse_loss, batches, select_parameters(model), method="finite-difference")
+    result = top_eigenpairs(op.matvec, op.dim, k=3, max_steps=op.dim, tol=1e-8,
+                            generator=torch.Generator().manual_seed(0), progress=None)
+    exact = torch.linalg.eigvalsh(H)
+    torch.testing.assert_close(torch.tensor(result.top_values, dtype=torch.float64), exact.flip(0)[:3], rtol=1e-6, atol=1e-9)
+    assert result.min_value == pytest.approx(float(exact[0]), rel=1e-6)
+    fd_trace = hutchinson_trace(op.matvec, op.dim, num_samples=40, generator=torch.Generator().manual_seed(1), progress=None)
+    exact_trace = hutchinson_trace(lambda v: H @ v, op.dim, num_samples=40, generator=torch.Generator().manual_seed(1),
+                                   progress=None)
+    assert fd_trace.trace == pytest.approx(exact_trace.trace, rel=1e-6)
+    assert fd_trace.std == pytest.approx(exact_trace.std, rel=1e-6)
+
+
+def test_finite_difference_eigenvalues_in_float32(mlp):
+    model64, batches, _, H = mlp
+    model = TanhMLP()
+    model.load_state_dict(model64.state_dict())
+    batches = [(x.float(), y.float()) for x, y in batches]
+    op = HessianOperator(model, mse_loss, batches, select_parameters(model), method="finite-difference")
+    result = top_eigenpairs(op.matvec, op.dim, k=2, max_steps=op.dim, tol=1e-6,
+                            generator=torch.Generator().manual_seed(0), progress=None)
+    exact = torch.linalg.eigvalsh(H)
+    scale = float(exact.abs().max())
+    for value, reference in zip(result.top_values + [result.min_value], exact.flip(0)[:2].tolist() + [float(exact[0])]):
+        assert abs(value - reference) < FD_TOL[torch.float32] * scale
+
+
+def test_operator_rejects_bad_methods():
+    model = TanhMLP()
+    params, batches = select_parameters(model), regression_batches(1)
+    with pytest.raises(ValueError, match="unknown Hessian-vector product method"):
+        HessianOperator(model, mse_loss, batches, params, method="exact")
+    with pytest.raises(ValueError, match="cache_graph"):
+        HessianOperator(model, mse_loss, batches, params, method="finite-difference", cache_graph=True)
+    with pytest.raises(ValueError, match="eps_rel must be positive"):
+        HessianOperator(model, mse_loss, batches, params, method="finite-difference", eps_rel=0.0)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        HessianOperator(model.half(), mse_loss, batches, select_parameters(model.half()), method="finite-difference")
 
 
 # --- eigenvalues ---------------------------------------------------------------------------
@@ -364,18 +518,29 @@ def test_filter_normalisation_scales_each_filter_to_its_weight():
 def test_analyse_hessian_end_to_end_matches_exact_spectrum(mlp):
     model, batches, _, H = mlp
     model.train()
-    settings = HessianSettings(top_k=2, lanczos_steps=38, lanczos_tol=1e-8, hutchinson_samples=200,
-                               confidence=0.999, slq_runs=20, slq_steps=38, landscape="2d",
+    settings = HessianSettings(top_k=2, lanczos_steps=38, lanczos_tol=1e-8, hutchinson_samples=100,
+                               confidence=0.999, slq_runs=8, slq_steps=38, landscape="2d",
                                landscape_steps=5, landscape_range=0.1, progress=False)
     result = analyse_hessian(model, batches, mse_loss, ["all"], settings)
     exact = torch.linalg.eigvalsh(H)
+    assert result["hvp"] == {"method": "finite-difference", "dtype": "float64", "eps_rel": DEFAULT_EPS_REL[torch.float64],
+                             "step": pytest.approx(result["hvp"]["step"])}
     assert result["eigen"]["top"] == pytest.approx(exact.flip(0)[:2].tolist(), rel=1e-6)
     assert result["abs_min_over_max"] == pytest.approx(float(exact[0].abs() / exact[-1]), rel=1e-6)
     assert result["trace"]["ci_low"] <= float(exact.sum()) <= result["trace"]["ci_high"]
     assert result["landscape"]["loss"][2][2] == pytest.approx(result["loss"], rel=1e-12)
-    assert result["cost"]["hessian_vector_products"]["trace"] == 200
+    assert result["cost"]["hessian_vector_products"]["trace"] == 100
     assert all(m.training for m in model.modules())
     json.dumps(result)
+
+
+def test_analyse_hessian_with_autograd_products(mlp):
+    model, batches, _, H = mlp
+    settings = HessianSettings(top_k=1, lanczos_steps=38, lanczos_tol=1e-8, hutchinson_samples=2, slq_steps=4,
+                               landscape="none", progress=False, hvp="autograd", cache_graph=True)
+    result = analyse_hessian(model, batches, mse_loss, ["all"], settings)
+    assert result["hvp"] == {"method": "autograd", "dtype": "float64", "eps_rel": None, "step": None}
+    assert result["eigen"]["top"][0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-8)
 
 
 def test_settings_validation():
@@ -386,3 +551,11 @@ def test_settings_validation():
     with pytest.raises(ValueError, match="landscape must be"):
         HessianSettings(landscape="3d")
     assert HessianSettings.from_dict({"top_k": 5}).top_k == 5
+    assert HessianSettings().hvp == "finite-difference"
+    with pytest.raises(ValueError, match="hvp must be one of"):
+        HessianSettings(hvp="exact")
+    with pytest.raises(ValueError, match="cache_graph applies"):
+        HessianSettings(cache_graph=True)
+    with pytest.raises(ValueError, match="fd_eps_rel"):
+        HessianSettings(fd_eps_rel=-1.0)
+    assert HessianSettings(hvp="autograd", cache_graph=True).cache_graph

@@ -3,7 +3,7 @@ eigenvalues (Lanczos), trace (Hutchinson), spectral density (SLQ) and loss-lands
 from .contrastive import ContrastiveLoss, make_batches
 from .density import SpectralDensity, slq_quadratures, spectral_density
 from .eigen import EigenResult, lanczos, top_eigenpairs
-from .hvp import HessianOperator, analysis_mode
+from .hvp import HVP_METHODS, HessianOperator, analysis_mode
 from .landscape import filter_normalized_direction, loss_slice
 from .params import select_parameters
 from .plots import plot_results
@@ -12,7 +12,7 @@ from .trace import TraceEstimate, hutchinson_trace
 
 __all__ = [
     "ContrastiveLoss", "make_batches", "SpectralDensity", "slq_quadratures", "spectral_density",
-    "EigenResult", "lanczos", "top_eigenpairs", "HessianOperator", "analysis_mode",
+    "EigenResult", "lanczos", "top_eigenpairs", "HVP_METHODS", "HessianOperator", "analysis_mode",
     "filter_normalized_direction", "loss_slice", "select_parameters", "plot_results",
     "HessianSettings", "analyse_hessian", "format_table", "TraceEstimate", "hutchinson_trace",
 ]

@@ -8,13 +8,12 @@ filter by its own size and slices of differently scaled networks are comparable.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .params import unflatten
+from .params import restored, unflatten
 
 
 def filter_normalized_direction(
@@ -42,18 +41,6 @@ def filter_normalized_direction(
             d = (d_rows * (w_rows.norm(dim=1, keepdim=True) / d_rows.norm(dim=1, keepdim=True).clamp_min(1e-12))).view_as(d)
         directions.append(d)
     return directions
-
-
-@contextlib.contextmanager
-def restored(params: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Restore the parameters' exact values on exit, whatever was done to them inside."""
-    saved = [p.detach().clone() for p in params]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
 
 
 def set_offset(params: Sequence[torch.Tensor], origin: Sequence[torch.Tensor],

@@ -5,7 +5,8 @@ A selection is a list of names: "all", a tower ("visual", "text"), a module path
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import contextlib
+from typing import Dict, Iterator, List, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +16,17 @@ def matching(named: Dict[str, nn.Parameter], name: str) -> Dict[str, nn.Paramete
     """Parameters called `name` or inside the module `name`."""
     prefix = name.rstrip(".")
     return {n: p for n, p in named.items() if n == prefix or n.startswith(prefix + ".")}
+
+
+TOKEN_EMBEDDINGS = ("text.backbone.embedding", "text.token_embedding")
+
+
+def token_embeddings(model: nn.Module) -> List[str]:
+    """The token embeddings of climp's text towers (Mamba: text.backbone.embedding,
+    Transformer: text.token_embedding) that `model` has. Most of their rows belong to tokens
+    absent from the analysed batches and only add exact zero eigenvalues."""
+    named = dict(model.named_parameters())
+    return [name for name in TOKEN_EMBEDDINGS if matching(named, name)]
 
 
 def select_parameters(model: nn.Module, names: Sequence[str] = ("all",),
@@ -58,3 +70,15 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> List[torch.
     if vector.numel() != sum(sizes):
         raise ValueError(f"vector has {vector.numel()} entries, parameters have {sum(sizes)}")
     return [piece.view_as(t).to(t.dtype) for piece, t in zip(vector.split(sizes), like)]
+
+
+@contextlib.contextmanager
+def restored(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Restore the parameters' exact values on exit, whatever was done to them inside."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)

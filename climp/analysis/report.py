@@ -16,7 +16,7 @@ from torch import nn
 
 from .density import slq_quadratures, spectral_density
 from .eigen import top_eigenpairs
-from .hvp import HessianOperator, LossFn
+from .hvp import HVP_METHODS, HessianOperator, LossFn
 from .landscape import filter_normalized_direction, loss_slice
 from .params import select_parameters
 from .trace import hutchinson_trace
@@ -27,10 +27,15 @@ DIRECTION_KINDS = ("eigen", "random")
 
 @dataclass
 class HessianSettings:
-    """Knobs of one analysis. Defaults (about 50 Hessian-vector products) keep a tiny model
-    on a CPU in minutes; publication-grade numbers want more (e.g. top_k 5, lanczos_steps 60,
-    hutchinson_samples 100, slq_runs 5 x slq_steps 80).
+    """Knobs of one analysis. Defaults (at most 50 Hessian-vector products, finite
+    differences: about 100 gradient evaluations) keep a tiny model on a CPU in minutes;
+    publication-grade numbers want more (e.g. top_k 5, lanczos_steps 60, hutchinson_samples
+    100, slq_runs 5 x slq_steps 80).
 
+    hvp: "finite-difference" (two fast first-order gradients per product, error about 2e-4 of
+    ||H|| in float32) or "autograd" (exact double backward; through a selective scan it needs
+    the pure-PyTorch scan: on climp-tiny 4-6x slower per product) / fd_eps_rel: relative
+    finite-difference step (None: the dtype's default, see hvp.DEFAULT_EPS_REL);
     top_k / lanczos_steps / lanczos_tol: eigenvalues (Lanczos, stops at tol relative residual);
     hutchinson_samples / confidence: trace and its confidence interval;
     slq_runs / slq_steps / density_grid / density_sigma (relative to the spectral range) /
@@ -58,6 +63,8 @@ class HessianSettings:
     landscape_range: float = 1.0
     ignore_1d: bool = False
     seed: int = 0
+    hvp: str = "finite-difference"
+    fd_eps_rel: Optional[float] = None
     cache_graph: bool = False
     progress: bool = True
 
@@ -75,6 +82,12 @@ class HessianSettings:
                              f"got {self.landscape_directions!r}")
         if self.landscape == "2d" and self.landscape_directions == "eigen" and self.top_k < 2:
             raise ValueError("a 2d landscape along eigenvectors needs top_k >= 2")
+        if self.hvp not in HVP_METHODS:
+            raise ValueError(f"HessianSettings.hvp must be one of {HVP_METHODS}, got {self.hvp!r}")
+        if self.cache_graph and self.hvp != "autograd":
+            raise ValueError("HessianSettings.cache_graph applies to hvp='autograd' only")
+        if self.fd_eps_rel is not None and not self.fd_eps_rel > 0:
+            raise ValueError(f"HessianSettings.fd_eps_rel must be positive, got {self.fd_eps_rel}")
         if self.landscape_range <= 0:
             raise ValueError(f"HessianSettings.landscape_range must be positive, got {self.landscape_range}")
 
@@ -103,6 +116,14 @@ def landscape_directions(op: HessianOperator, settings: HessianSettings, eigenve
     return [filter_normalized_direction(op.params, generator, settings.ignore_1d) for _ in range(count)]
 
 
+def hvp_description(op: HessianOperator) -> Dict[str, Any]:
+    """How the operator computes products: method, parameter dtype and, for finite
+    differences, the relative and absolute step."""
+    fd = op.method == "finite-difference"
+    return {"method": op.method, "dtype": str(op.params[0].dtype).replace("torch.", ""),
+            "eps_rel": op.eps_rel, "step": op.finite_difference_step() if fd else None}
+
+
 def analyse_hessian(
     model: nn.Module,
     batches: Sequence[Any],
@@ -115,14 +136,15 @@ def analyse_hessian(
 
     params: selection names (see select_parameters: "all", "visual", "text", module paths,
     parameter-name prefixes) or a {name: Parameter} mapping; exclude: names dropped from a
-    selection by names. The model runs in eval mode with
-    the twice-differentiable scan backend; its state is unchanged afterwards.
+    selection by names. The model runs in eval mode; its state is unchanged afterwards.
     Returns a JSON-ready dict: loss, gradient norm, eigenvalues, |min|/max, trace with CI,
-    spectral density with negative mass, landscape slice, cost (products and seconds).
+    spectral density with negative mass, landscape slice, how the Hessian-vector products
+    were computed ("hvp"), cost (products and seconds).
     """
     settings = settings or HessianSettings()
     chosen = dict(params) if isinstance(params, Mapping) else select_parameters(model, params, exclude)
-    op = HessianOperator(model, loss_fn, batches, chosen, cache_graph=settings.cache_graph)
+    op = HessianOperator(model, loss_fn, batches, chosen, cache_graph=settings.cache_graph,
+                         method=settings.hvp, eps_rel=settings.fd_eps_rel)
     device = op.device
     bar = (lambda name: name) if settings.progress else (lambda name: None)
     seconds: Dict[str, float] = {}
@@ -151,6 +173,7 @@ def analyse_hessian(
     result: Dict[str, Any] = {
         "num_parameters": op.dim,
         "parameter_names": op.names,
+        "hvp": hvp_description(op),
         "num_batches": len(op.batches),
         "loss": loss,
         "grad_norm": grad_norm,
@@ -195,6 +218,7 @@ def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
     t = result["trace"]
     rows: Dict[str, Any] = {
         "parameters": result["num_parameters"],
+        "Hessian-vector products by": result["hvp"]["method"],
         "batches": result["num_batches"],
         "loss": result["loss"],
         "gradient norm": result["grad_norm"],
