@@ -1,0 +1,123 @@
+"""The four stages of a reproduction, each a thin call into the library's own entry points:
+training (climp.train.trainer.train), evaluation (climp.eval.evaluate), the Hessian analysis
+(climp.analysis.analyse_hessian) and the efficiency benchmark (climp.eval.bench_command)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from .presets import Preset
+
+TRAIN, EVAL, HESSIAN, BENCH = "train", "eval", "hessian", "bench"
+SEED_STAGES = (TRAIN, EVAL, HESSIAN)  # once per (model, seed), in this order
+MODEL_STAGES = (BENCH,)  # once per model: costs do not depend on the trained weights
+
+
+@dataclass
+class Job:
+    """What a stage needs: the model, the seed (None for per-model stages), the preset, the output
+    directory, and the results of the stages before it ({stage: result})."""
+
+    model: str
+    seed: Optional[int]
+    preset: Preset
+    out_dir: Path
+    upstream: Dict[str, Any] = field(default_factory=dict)
+
+
+StageFn = Callable[[Job], Dict[str, Any]]
+
+
+def stage_settings(stage: str, preset: Preset) -> Dict[str, Any]:
+    """The preset values a stage's result depends on; a stored result is reused only when they match."""
+    if stage == TRAIN:
+        return {"train": preset.train, "spurious_training": preset.spurious_training}
+    if stage == EVAL:
+        return {"tasks": list(preset.eval_tasks), "eval": preset.eval, "train": preset.train}
+    if stage == HESSIAN:
+        return {"hessian": preset.hessian, "data": preset.hessian_data, "train": preset.train}
+    if stage == BENCH:
+        return {"bench": preset.bench}
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def train_run_name(model: str, seed: int) -> str:
+    return f"{model}-seed{seed}"
+
+
+def train_stage(job: Job) -> Dict[str, Any]:
+    """Train (or finish training) one model with one seed; resumes from the run's latest checkpoint."""
+    import torch
+    from climp.data.synthetic import SyntheticScenes
+    from climp.train.checkpoint import LATEST_FILE
+    from climp.train.config import TrainConfig
+    from climp.train.trainer import build_components, train
+
+    values = {**job.preset.train, "model": job.model, "seed": job.seed, "output_dir": str(job.out_dir / "train"),
+              "name": train_run_name(job.model, job.seed)}
+    config = TrainConfig.from_dict(values)
+    if (config.run_dir / "checkpoints" / LATEST_FILE).is_file():
+        config = TrainConfig.from_dict({**values, "resume": "latest"})
+    components = None
+    if job.preset.spurious_training:
+        torch.manual_seed(config.seed)  # the trainer seeds exactly so before building a model itself
+        components = build_components(config)
+        spurious = SyntheticScenes(split="train", num_samples=config.train_samples, resolution=config.resolution,
+                                   seed=config.seed, caption_style=config.caption_style,
+                                   transform=components.train_dataset.transform, spurious=True)
+        components = dataclasses.replace(components, train_dataset=spurious)
+    result = train(config, components)
+    return {**result, "run_dir": str(config.run_dir)}
+
+
+def load_trained(job: Job):
+    """(model, eval preprocess, tokenizer) from the checkpoint the train stage wrote."""
+    import climp
+
+    checkpoint = job.upstream[TRAIN]["checkpoint"]
+    model, _, preprocess = climp.create_model_and_transforms(job.model, pretrained=checkpoint)
+    return model.eval(), preprocess, climp.get_tokenizer(job.model)
+
+
+def eval_stage(job: Job) -> Dict[str, Any]:
+    """The whole evaluation suite of the preset on the trained model."""
+    from climp.eval import EvalSettings, evaluate
+
+    model, preprocess, tokenizer = load_trained(job)
+    return evaluate(model, tokenizer, preprocess, list(job.preset.eval_tasks), EvalSettings.from_dict(job.preset.eval))
+
+
+def hessian_stage(job: Job) -> Dict[str, Any]:
+    """Hessian spectrum of the contrastive loss on batches of the run's own training data."""
+    from climp.analysis import ContrastiveLoss, HessianSettings, analyse_hessian, make_batches
+    from climp.analysis.contrastive import synthetic_samples
+    from climp.models.factory import image_size_of
+
+    model, preprocess, tokenizer = load_trained(job)
+    data = job.preset.hessian_data
+    side = image_size_of(model)[0]
+    samples = synthetic_samples(data["num_batches"] * data["batch_size"], side, job.seed,
+                                job.preset.train.get("caption_style", "short"))
+    batches = make_batches(samples, preprocess, tokenizer, data["batch_size"])
+    settings = HessianSettings.from_dict({**job.preset.hessian, "seed": job.seed})
+    result = analyse_hessian(model, batches, ContrastiveLoss(), list(data["params"]), settings)
+    result.pop("parameter_names", None)  # thousands of names; the selection is in the settings
+    return result
+
+
+def bench_stage(job: Job) -> Dict[str, Any]:
+    """FLOPs, peak memory and throughput of both towers across image sides and text lengths."""
+    from climp.eval.bench_command import bench_model
+
+    bench = job.preset.bench
+    args = argparse.Namespace(image_sizes=list(bench["image_sizes"]), text_lengths=list(bench["text_lengths"]),
+                              towers=["image", "text"], batch=bench["batch"], memory_device=None,
+                              no_throughput=not bench["throughput"], repeats=bench["repeats"])
+    return bench_model(job.model, args)
+
+
+STAGE_FUNCTIONS: Mapping[str, StageFn] = {TRAIN: train_stage, EVAL: eval_stage, HESSIAN: hessian_stage,
+                                          BENCH: bench_stage}
