@@ -248,13 +248,18 @@ class MambaBackbone(nn.Module):
                 x = layer(x)
         return self.norm_f(x)
 
+    @staticmethod
+    def read_checkpoint(path: Union[str, Path]) -> Tuple[MambaConfig, Dict[str, torch.Tensor]]:
+        """(config, raw state dict) of a checkpoint directory of this backbone's kind."""
+        return read_mamba_checkpoint(path)
+
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], **overrides: Any) -> "MambaBackbone":
-        """Load a transformers MambaModel/MambaForCausalLM directory or a mamba_ssm checkpoint
-        directory. `overrides` replace config fields (e.g. scan_backend, drop_path_rate)."""
-        cfg, state_dict = read_mamba_checkpoint(path)
+        """Load a transformers (MambaModel / MambaForCausalLM, or their Mamba-2 twins for
+        Mamba2Backbone) or mamba_ssm checkpoint directory. `overrides` replace config fields."""
+        cfg, state_dict = cls.read_checkpoint(path)
         if overrides:
-            cfg = MambaConfig.from_dict({**cfg.to_dict(), **overrides})
+            cfg = type(cfg).from_dict({**cfg.to_dict(), **overrides})
         model = cls(cfg)
         load_mamba_state_dict(model, state_dict)
         return model

@@ -15,9 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from .mamba import MambaBlock, RMSNorm, read_json, load_mamba_state_dict, read_mamba_weights
+from .mamba import MambaBackbone, read_json, read_mamba_weights
 from ..dataconfig import FromDict
 
 # ----------------------------------------------------------------------------- SSD scan
@@ -288,21 +287,11 @@ class Mamba2Config(FromDict):
         return -(-self.vocab_size // m) * m
 
 
-class Mamba2Backbone(nn.Module):
-    """Token embedding, a stack of Mamba-2 blocks and a final RMSNorm: ids (B, L) -> (B, L, d_model)."""
+class Mamba2Backbone(MambaBackbone):
+    """Token embedding, a stack of Mamba-2 blocks and a final RMSNorm: ids (B, L) -> (B, L, d_model).
 
-    def __init__(self, cfg: Mamba2Config):
-        super().__init__()
-        self.cfg = cfg
-        self.grad_checkpointing = False
-        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        drop_rates = [cfg.drop_path_rate * i / max(cfg.n_layer - 1, 1) for i in range(cfg.n_layer)]
-        self.layers = nn.ModuleList(
-            MambaBlock(cfg.d_model, self._make_mixer(cfg), norm_eps=cfg.norm_eps, drop_path=rate)
-            for rate in drop_rates
-        )
-        self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.init_weights()
+    Everything but the mixer (embedding, blocks, init, checkpointing, key mapping on load) is
+    Mamba-1's backbone."""
 
     @staticmethod
     def _make_mixer(cfg: Mamba2Config) -> Mamba2Mixer:
@@ -313,42 +302,12 @@ class Mamba2Backbone(nn.Module):
             conv_bias=cfg.conv_bias, rmsnorm=cfg.rmsnorm, norm_eps=cfg.norm_eps,
         )
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """mamba_ssm's MixerModel init: embedding N(0, 0.02), zero linear biases, out_proj
-        kaiming-uniform scaled by 1/sqrt(n_layer) (GPT-2 style prenorm-residual rescale)."""
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        for layer in self.layers:
-            weight = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-            weight /= math.sqrt(self.cfg.n_layer)
+    @staticmethod
+    def read_checkpoint(path: Union[str, Path]) -> Tuple[Mamba2Config, Dict[str, torch.Tensor]]:
+        return read_mamba2_checkpoint(path)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass instead of storing its activations."""
-        self.grad_checkpointing = enable
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(input_ids)
-        for layer in self.layers:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, x, use_reentrant=False)
-            else:
-                x = layer(x)
-        return self.norm_f(x)
-
-    @classmethod
-    def from_pretrained(cls, path: Union[str, Path], **overrides: Any) -> "Mamba2Backbone":
-        """Load a transformers Mamba2Model/Mamba2ForCausalLM directory or a mamba_ssm Mamba-2
-        checkpoint directory. `overrides` replace config fields (e.g. drop_path_rate, chunk_size)."""
-        cfg, state_dict = read_mamba2_checkpoint(path)
-        if overrides:
-            cfg = Mamba2Config.from_dict({**cfg.to_dict(), **overrides})
-        model = cls(cfg)
-        load_mamba2_state_dict(model, state_dict)
-        return model
+    def set_scan_backend(self, backend: str) -> None:
+        raise ValueError("Mamba-2 blocks use the chunked SSD scan in PyTorch; there is no backend to choose")
 
 
 # ----------------------------------------------------------------------------- checkpoint import
@@ -448,19 +407,6 @@ def mamba2_config_from_json(raw: Mapping[str, Any]) -> Mamba2Config:
                      "nor a mamba_ssm config (d_model, ssm_cfg, ...)")
 
 
-def read_mamba2_weights(directory: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """The raw state dict of a Mamba-2 checkpoint directory; the files are laid out as Mamba-1's
-    (model.safetensors, pytorch_model.bin or a sharded index)."""
-    return read_mamba_weights(directory)
-
-
-def load_mamba2_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a mamba_ssm / transformers Mamba-2 state dict into a `Mamba2Backbone` (strict): the
-    key renames (`backbone.` prefix, `embeddings` -> `embedding`, no `lm_head`) and vocabulary
-    padding are Mamba-1's; missing, unexpected or mis-shaped entries raise a ValueError."""
-    load_mamba_state_dict(model, state_dict)
-
-
 def read_mamba2_checkpoint(path: Union[str, Path]) -> Tuple[Mamba2Config, Dict[str, torch.Tensor]]:
     """(config, raw state dict) of a transformers or mamba_ssm Mamba-2 checkpoint directory."""
     directory = Path(path)
@@ -469,4 +415,4 @@ def read_mamba2_checkpoint(path: Union[str, Path]) -> Tuple[Mamba2Config, Dict[s
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in Mamba-2 checkpoint directory {directory}")
-    return mamba2_config_from_json(read_json(config_file)), read_mamba2_weights(directory)
+    return mamba2_config_from_json(read_json(config_file)), read_mamba_weights(directory)

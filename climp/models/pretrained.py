@@ -54,12 +54,9 @@ def load_text_tower_pretrained(tower: nn.Module, path: PathLike) -> None:
     """Load a language model into a Mamba / Mamba-2 text tower's backbone, or an open_clip
     checkpoint into a Transformer text tower. The projection to the joint space stays at init."""
     from .mamba import load_mamba_state_dict, read_mamba_weights
-    from .mamba2 import load_mamba2_state_dict, read_mamba2_weights
-    from .text import Mamba2TextTower, MambaTextTower, TransformerTextTower, load_open_clip_text_state_dict
+    from .text import MambaTextTower, TransformerTextTower, load_open_clip_text_state_dict
 
-    if isinstance(tower, Mamba2TextTower):
-        load_mamba2_state_dict(tower.backbone, read_mamba2_weights(path))
-    elif isinstance(tower, MambaTextTower):
+    if isinstance(tower, MambaTextTower):  # Mamba-1 and Mamba-2 share the checkpoint layout
         load_mamba_state_dict(tower.backbone, read_mamba_weights(path))
     elif isinstance(tower, TransformerTextTower):
         load_open_clip_text_state_dict(tower, read_state_dict(path))

@@ -45,7 +45,7 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 64
     accum_freq: int = 1
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 30
     weight_decay: float = 0.1
     beta1: float = 0.9
