@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -306,6 +306,21 @@ def _hf_config_to_mamba(raw: Mapping[str, Any]) -> MambaConfig:
     return cfg
 
 
+def mamba_ssm_backbone_fields(raw: Mapping[str, Any], ssm_cfg: Mapping[str, Any], ssm_keys: Iterable[str]) -> Dict[str, Any]:
+    """The backbone fields of a mamba_ssm MixerModel config plus its known ssm_cfg entries, after
+    rejecting what a pure-SSM backbone lacks (MLP blocks, attention layers, LayerNorm); shared by
+    the Mamba-1 and Mamba-2 importers."""
+    if raw.get("d_intermediate", 0):
+        raise ValueError("mamba_ssm checkpoints with MLP blocks (d_intermediate > 0) are not supported")
+    if raw.get("attn_layer_idx"):
+        raise ValueError("mamba_ssm checkpoints with attention layers (attn_layer_idx) are not supported")
+    if not raw.get("rms_norm", True):
+        raise ValueError("mamba_ssm checkpoints with LayerNorm (rms_norm=false) are not supported")
+    fields = {k: raw[k] for k in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple") if k in raw}
+    fields.update({k: v for k, v in ssm_cfg.items() if k in set(ssm_keys)})
+    return fields
+
+
 def _mamba_ssm_config_to_mamba(raw: Mapping[str, Any]) -> MambaConfig:
     """mamba_ssm's MambaConfig JSON -> MambaConfig; rejects features this backbone does not have."""
     unknown = sorted(set(raw) - _MAMBA_SSM_TOP_KEYS)
@@ -317,14 +332,7 @@ def _mamba_ssm_config_to_mamba(raw: Mapping[str, Any]) -> MambaConfig:
     unknown = sorted(set(ssm_cfg) - _SSM_CFG_KEYS - _SSM_CFG_IGNORED)
     if unknown:
         raise ValueError(f"unknown mamba_ssm ssm_cfg keys {unknown}")
-    if raw.get("d_intermediate", 0):
-        raise ValueError("mamba_ssm checkpoints with MLP blocks (d_intermediate > 0) are not supported")
-    if raw.get("attn_layer_idx"):
-        raise ValueError("mamba_ssm checkpoints with attention layers (attn_layer_idx) are not supported")
-    if not raw.get("rms_norm", True):
-        raise ValueError("mamba_ssm checkpoints with LayerNorm (rms_norm=false) are not supported")
-    d = {k: raw[k] for k in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple") if k in raw}
-    d.update({k: v for k, v in ssm_cfg.items() if k in _SSM_CFG_KEYS})
+    d = mamba_ssm_backbone_fields(raw, ssm_cfg, _SSM_CFG_KEYS)
     return MambaConfig.from_dict(d)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mamba import MambaBackbone, read_json, read_mamba_weights
+from .mamba import MambaBackbone, mamba_ssm_backbone_fields, read_json, read_mamba_weights
 from ..dataconfig import FromDict
 
 # ----------------------------------------------------------------------------- SSD scan
@@ -383,14 +383,7 @@ def _mamba_ssm_config_to_mamba2(raw: Mapping[str, Any]) -> Mamba2Config:
     unknown = sorted(set(ssm_cfg) - _SSM_CFG_KEYS - _SSM_CFG_IGNORED - {"d_ssm", "D_has_hdim", "norm_before_gate"})
     if unknown:
         raise ValueError(f"unknown mamba_ssm ssm_cfg keys {unknown}")
-    if raw.get("d_intermediate", 0):
-        raise ValueError("mamba_ssm checkpoints with MLP blocks (d_intermediate > 0) are not supported")
-    if raw.get("attn_layer_idx"):
-        raise ValueError("mamba_ssm checkpoints with attention layers (attn_layer_idx) are not supported")
-    if not raw.get("rms_norm", True):
-        raise ValueError("mamba_ssm checkpoints with LayerNorm (rms_norm=false) are not supported")
-    d = {k: raw[k] for k in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple") if k in raw}
-    d.update({k: v for k, v in ssm_cfg.items() if k in _SSM_CFG_KEYS})
+    d = mamba_ssm_backbone_fields(raw, ssm_cfg, _SSM_CFG_KEYS)
     return Mamba2Config.from_dict(d)
 
 

@@ -42,11 +42,11 @@ class TrainConfig:
     resolution: int = 64
     workers: int = 0
     # optimisation
-    steps: int = 300
+    steps: int = 800
     batch_size: int = 64
     accum_freq: int = 1
     lr: float = 1e-3
-    warmup: int = 30
+    warmup: int = 50
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.98
