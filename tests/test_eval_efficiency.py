@@ -54,3 +54,13 @@ def test_profile_tower_reports_flops_memory_and_throughput():
     assert r["flops"] == 2 * 16 * 8 and r["params"] == 16 * 8 + 8
     assert r["items_per_second"] > 0 and r["peak_activation_bytes"] == 2 * 3 * 8 * 4
     assert next(tower.parameters()).device.type == "cpu"
+
+
+def test_cpu_fused_attention_flops_are_counted():
+    """The CPU flash-attention kernel (what ViT/Transformer towers run on real CPU tensors) counts
+    the same FLOPs as the math path: 2 matmuls of 2*s*s*d each per head."""
+    from climp.eval.efficiency import count_flops
+
+    q = torch.randn(1, 2, 64, 16)
+    counted = count_flops(lambda x: torch.nn.functional.scaled_dot_product_attention(x, x, x), q)["flops"]
+    assert counted == 2 * (2 * 2 * 64 * 64 * 16)

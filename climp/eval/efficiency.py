@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 
 def selective_scan_flops(batch: int, dim: int, length: int, state: int, with_D: bool = True,
@@ -62,6 +62,13 @@ def _scan_flop_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape,
     batch, dim, length = u_shape
     return selective_scan_flops(batch, dim, length, A_shape[1], with_D=D_shape is not None,
                                 with_z=z_shape is not None)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_flash_attention_flop_formula(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """torch counts the CUDA fused attention kernels but not the CPU one: same count (full
+    scores @ values, causal masking not discounted, as torch does for the others)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 @contextlib.contextmanager
