@@ -9,14 +9,18 @@ T = TypeVar("T", bound="FromDict")
 
 class FromDict:
     """Mixin for config dataclasses: `from_dict` refuses unknown keys (they are usually typos
-    that would otherwise be silently ignored) and `to_dict` gives the JSON-ready fields."""
+    that would otherwise be silently ignored) and `to_dict` gives the JSON-ready fields.
+    `config_label` names the config in the error (default: "<ClassName> keys")."""
+
+    config_label: str = ""
 
     @classmethod
     def from_dict(cls: Type[T], values: Mapping[str, Any]) -> T:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+            label = cls.config_label or f"{cls.__name__} keys"
+            raise ValueError(f"unknown {label} {unknown}; known keys: {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> Dict[str, Any]:

@@ -20,13 +20,14 @@ from .hvp import HVP_METHODS, HessianOperator, LossFn
 from .landscape import filter_normalized_direction, loss_slice
 from .params import select_parameters
 from .trace import hutchinson_trace
+from ..dataconfig import FromDict
 
 LANDSCAPE_MODES = ("none", "1d", "2d")
 DIRECTION_KINDS = ("eigen", "random")
 
 
 @dataclass
-class HessianSettings:
+class HessianSettings(FromDict):
     """Knobs of one analysis. Defaults (at most 50 Hessian-vector products, finite
     differences: about 100 gradient evaluations) keep a tiny model on a CPU in minutes;
     publication-grade numbers want more (e.g. top_k 5, lanczos_steps 60, hutchinson_samples
@@ -46,6 +47,8 @@ class HessianSettings:
     seed: every random draw; cache_graph: keep gradient graphs between products (faster, more
     memory); progress: tqdm bars.
     """
+
+    config_label = "Hessian settings"
 
     top_k: int = 2
     lanczos_steps: int = 20
@@ -91,14 +94,6 @@ class HessianSettings:
         if self.landscape_range <= 0:
             raise ValueError(f"HessianSettings.landscape_range must be positive, got {self.landscape_range}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "HessianSettings":
-        """Build from a dict; unknown keys raise a ValueError listing the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown Hessian settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 def seeded(seed: int, stage: int) -> torch.Generator:

@@ -2,7 +2,6 @@
 tasks on the embedded benchmark and on local real data, returning a JSON-ready dict."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -20,14 +19,17 @@ from .shape_bias import CueConflictFolder, evaluate_shape_bias
 from .shifts import SHIFTS, get_shift, shift_op
 from .spurious import evaluate_spurious
 from .zeroshot import evaluate_zero_shot, zero_shot_logits
+from ..dataconfig import FromDict
 
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
 EMBEDDED = "embedded"
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(FromDict):
     """Data sizes and local data locations; embedded-benchmark data is always evaluated."""
+
+    config_label = "eval settings"
     batch_size: int = 64
     num_samples: int = 200
     seed: int = 0
@@ -47,18 +49,11 @@ class EvalSettings:
     resolution_scales: List[int] = field(default_factory=lambda: [1, 2, 4])
     hubness_k: int = 10
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "EvalSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown eval settings {unknown}; known: {sorted(known)}")
-        settings = cls(**values)
-        for name in settings.shifts:
+    def __post_init__(self) -> None:
+        for name in self.shifts:
             get_shift(name)
-        if settings.datasets and not settings.dataset_root:
+        if self.datasets and not self.dataset_root:
             raise ValueError("datasets given without dataset_root")
-        return settings
 
 
 def model_image_side(model: torch.nn.Module, default: int = 224) -> int:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
+from ..dataconfig import FromDict
 
 LOSSES = ("clip", "siglip")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -19,8 +20,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(FromDict):
     """Every knob of a training run; field docs double as `climp train --help` text."""
+
+    config_label = "training config keys"
 
     # model
     model: str = "climp-tiny"
@@ -113,20 +116,13 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
 
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a mapping; unknown keys raise ValueError listing them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
+        """Build from a mapping (unknown keys are errors); train_data alone implies data='files'."""
         values = dict(values)
         if values.get("train_data") and "data" not in values:
             values["data"] = "files"
-        return cls(**values)
+        return super().from_dict(values)
 
 
 def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
