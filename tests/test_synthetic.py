@@ -179,6 +179,96 @@ def test_captions_never_empty(style):
     assert all(multi.caption(i).strip() for i in range(50))
 
 
+def _named_attributes(text: str, scene) -> set:
+    obj = scene.objects[0]
+    found = {"shape": _mentions(text, obj.shape, cap.SHAPE_SYNONYMS),
+             "colour": _mentions(text, obj.colour, cap.COLOUR_SYNONYMS),
+             "size": _mentions(text, obj.size, cap.SIZE_WORDS),
+             "position": any(p in text for p in cap.POSITION_PHRASES[obj.position]),
+             "background": any(b in text for b in cap.BACKGROUND_WORDS[scene.background])}
+    return {name for name, hit in found.items() if hit}
+
+
+def test_partial_captions_name_true_strict_subsets_of_attributes():
+    ds = SyntheticScenes("train", num_samples=400, caption_style="short", partial_captions=1.0)
+    seen_alone = set()
+    for i in range(400):
+        scene = ds.scene(i)
+        if scene.kind != "single":
+            continue
+        text = ds.caption(i)
+        named = _named_attributes(text, scene)
+        assert 1 <= len(named) < len(cap.PARTIAL_ATTRIBUTES), text
+        for other_shape in set(cap.SHAPE_SYNONYMS) - {scene.objects[0].shape}:
+            # never a wrong shape word (synonyms like "heart shape" contain "shape", not a name)
+            assert not any(w in text.split() for w in (other_shape,)), text
+        if len(named) == 1:
+            seen_alone |= named
+    assert seen_alone == set(cap.PARTIAL_ATTRIBUTES)  # every attribute is sometimes the only cue
+
+
+def test_partial_caption_share():
+    ds = SyntheticScenes("train", num_samples=300, caption_style="short", partial_captions=0.5)
+    singles = [i for i in range(300) if ds.scene(i).kind == "single"]
+    partial = [i for i in singles if len(_named_attributes(ds.caption(i), ds.scene(i))) < 5]
+    assert 0.35 < len(partial) / len(singles) < 0.65
+    complete = SyntheticScenes("train", num_samples=300, caption_style="short")
+    assert all(len(_named_attributes(complete.caption(i), complete.scene(i))) == 5 for i in singles)
+
+
+def test_partial_count_captions_keep_the_plural():
+    scene = sample_count(np.random.default_rng(1), 3)
+    texts = {cap.partial_caption(scene, np.random.default_rng(v)) for v in range(40)}
+    assert any("three" in t or "3" in t for t in texts)
+    assert any("several" in t or "some" in t for t in texts)
+    assert all(("shapes" in t or "objects" in t or _plural_shape_named(t, scene)) for t in texts)
+
+
+def _plural_shape_named(text: str, scene) -> bool:
+    obj = scene.objects[0]
+    return any(cap._plural(w) in text for w in (obj.shape, *cap.SHAPE_SYNONYMS[obj.shape]))
+
+
+def _attributes(scene):
+    obj = scene.objects[0]
+    return {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.position,
+            "background": scene.background}
+
+
+def test_hard_negative_groups_differ_in_exactly_one_attribute():
+    ds = SyntheticScenes("train", num_samples=8 * 40, hard_negatives=1.0)
+    assert ds.group_size == 8
+    varied_seen = set()
+    for g in range(40):
+        members = [_attributes(ds.scene(8 * g + m)) for m in range(8)]
+        assert all(ds.scene(8 * g + m).kind == "single" for m in range(8))
+        varying = {k for k in members[0] if len({m[k] for m in members}) > 1}
+        assert len(varying) == 1, members
+        (name,) = varying
+        distinct = len({m[name] for m in members})
+        assert distinct == (2 if name == "size" else 8), (name, members)
+        varied_seen.add(name)
+    assert varied_seen == {"shape", "colour", "size", "position", "background"}
+
+
+def test_hard_negative_share_and_rules():
+    ds = SyntheticScenes("train", num_samples=8 * 200, hard_negatives=0.5)
+    hard = sum(len({tuple(_attributes(ds.scene(8 * g + m)).values()) for m in range(8)}) > 1
+               and all(ds.scene(8 * g + m).kind == "single" for m in range(8))
+               and sum(len({_attributes(ds.scene(8 * g + m))[k] for m in range(8)}) > 1
+                       for k in ("shape", "colour", "size", "position", "background")) == 1
+               for g in range(200))
+    assert 75 < hard < 125
+    assert SyntheticScenes("train", num_samples=16).group_size == 1
+    held = set(HELDOUT_COMBOS)
+    excl = SyntheticScenes("train", num_samples=8 * 30, holdout_combos=True, hard_negatives=1.0)
+    assert all((excl.scene(i).objects[0].shape, excl.scene(i).objects[0].colour) not in held
+               for i in range(8 * 30))
+    spur = SyntheticScenes("train", num_samples=8 * 30, spurious=True, hard_negatives=1.0)
+    aligned = [is_aligned(spur.scene(i)) for i in range(8 * 30)]
+    assert sum(aligned) / len(aligned) > 0.85  # the spurious rule still decides the background
+
+
 def test_dense_captions_of_many_objects_exceed_77_tokens():
     ds = SyntheticScenes("test", num_samples=30, caption_style="dense", num_objects=(10, 16))
     for i in range(30):
@@ -354,5 +444,11 @@ def test_bad_arguments_raise():
         SyntheticScenes(num_objects=(0, 3))
     with pytest.raises(ValueError, match="seed"):
         SyntheticScenes(seed=-1)
+    with pytest.raises(ValueError, match="partial_captions"):
+        SyntheticScenes(partial_captions=1.5)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        SyntheticScenes(hard_negatives=-0.1)
+    with pytest.raises(ValueError, match="num_objects"):
+        SyntheticScenes(hard_negatives=0.5, num_objects=3)
     with pytest.raises(IndexError):
         SyntheticScenes(num_samples=5)[5]

@@ -7,7 +7,7 @@ import torch
 
 from climp.train import command
 from climp.train.config import TrainConfig, resolve_config
-from climp.train.data import EpochBatchOrder, SeededSamples
+from climp.train.data import EpochBatchOrder, SeededSamples, sample_seed
 from climp.train.quick_eval import recall_at_k, zero_shot_accuracy
 from test_train_standins import SHAPES, TinyClip, TinyPairs, ZeroShotTask, tokenize, TinyLabelled
 
@@ -64,6 +64,23 @@ def test_rank_shards_union_to_the_single_process_batches():
     assert list(EpochBatchOrder(40, 8, 0, 1, seed=3, epoch=3)) != single
     indices = [i for batch in single for i, _ in batch]
     assert len(set(indices)) == 40
+
+
+def test_grouped_order_keeps_groups_whole_and_ungrouped_order_is_a_plain_permutation():
+    grouped = list(EpochBatchOrder(44, 16, 0, 1, seed=3, epoch=1, group_size=8))
+    assert len(grouped) == 2  # 40 usable indices (5 groups), 2 whole batches
+    for batch in grouped:
+        indices = [i for i, _ in batch]
+        for start in range(0, 16, 8):
+            run = indices[start:start + 8]
+            assert run == list(range(run[0], run[0] + 8)) and run[0] % 8 == 0
+    firsts = [i for batch in grouped for i, _ in batch][::8]
+    assert len(set(firsts)) == 4 and firsts != [0, 8, 16, 24]  # distinct groups, shuffled as units
+    plain = [i for batch in EpochBatchOrder(40, 8, 0, 1, seed=3, epoch=2) for i, _ in batch]
+    generator = torch.Generator().manual_seed(sample_seed(3, 2, 0))
+    assert plain == torch.randperm(40, generator=generator).tolist()
+    with pytest.raises(ValueError, match="group_size"):
+        EpochBatchOrder(40, 8, 0, 1, seed=3, epoch=2, group_size=0)
 
 
 def test_seeded_samples_make_augmentation_reproducible():

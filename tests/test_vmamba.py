@@ -194,3 +194,39 @@ def test_set_scan_backend_reaches_every_ss2d():
     tower.set_scan_backend("no-such-kernel")
     with pytest.raises(ValueError, match="no-such-kernel"):
         tower(torch.randn(1, 3, 32, 32))
+
+
+def test_attention_pool_is_a_softmax_weighted_mean_of_the_final_map():
+    """pool="attn": one learned query attends over the final map; checked against attention
+    written out by hand (softmax of q.k over positions, weighted sum of values, out_proj)."""
+    torch.manual_seed(5)
+    tower = VMambaVisionTower(tiny_config(pool="attn", attn_pool_heads=4), embed_dim=8).eval()
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        x = tower.patch_embed(images)
+        for stage in tower.layers:
+            x = stage(x)
+        tokens = tower.norm(x).flatten(1, 2)  # (batch, positions, channels)
+        pool = tower.attn_pool
+        attn = pool.attn
+        width, heads = tokens.shape[-1], attn.num_heads
+        q = F.linear(pool.ln_q(pool.query), *_proj(attn, 0, width))
+        k = F.linear(pool.ln_k(tokens), *_proj(attn, 1, width))
+        v = F.linear(pool.ln_k(tokens), *_proj(attn, 2, width))
+        split = lambda t: t.unflatten(-1, (heads, width // heads)).transpose(-2, -3)
+        weights = (split(q) @ split(k).transpose(-1, -2) / math.sqrt(width // heads)).softmax(-1)
+        pooled = attn.out_proj((weights @ split(v)).transpose(-2, -3).flatten(-2))[:, 0]
+        torch.testing.assert_close(tower.forward_features(images), pooled, atol=1e-5, rtol=1e-5)
+    assert tower(torch.randn(1, 3, 32, 32)).shape == (1, 8)  # any divisible size, no pos. embedding
+
+
+def _proj(attn, index, width):
+    rows = slice(index * width, (index + 1) * width)
+    return attn.in_proj_weight[rows], attn.in_proj_bias[rows]
+
+
+def test_pool_options_are_validated():
+    with pytest.raises(ValueError, match="pool"):
+        tiny_config(pool="max")
+    with pytest.raises(ValueError, match="attn_pool_heads"):
+        tiny_config(pool="attn", attn_pool_heads=5)

@@ -151,6 +151,43 @@ def short_caption(scene: Scene, rng: np.random.Generator) -> str:
     return f"{fields['bga']} {bg} background with {listing}"
 
 
+# ----------------------------------------------------------------------------- partial
+
+PARTIAL_ATTRIBUTES = ("shape", "colour", "size", "position", "background")
+_PARTIAL_OPENINGS = ("", "", "a photo of ", "an image of ")
+
+
+def partial_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A phrase naming a random non-empty strict subset of the salient object's attributes
+    (shape, colour, size, position, background; count scenes name their number or not).
+
+    Training on these forces every attribute to be learned on its own: with full captions a
+    small model matches captions by the easiest attributes (e.g. position and background) and
+    never learns the rest, which is contrastive learning's feature suppression. Multi-object
+    scenes get their short caption.
+    """
+    if scene.kind == "multi":
+        return short_caption(scene, rng)
+    k = 1 + int(rng.integers(len(PARTIAL_ATTRIBUTES) - 1))
+    named = {PARTIAL_ATTRIBUTES[i] for i in rng.choice(len(PARTIAL_ATTRIBUTES), k, replace=False)}
+    words = _Words(scene.objects[0], rng)
+    n = len(scene.objects)
+    noun = words.shape if "shape" in named else _pick(rng, ("shape", "object"))
+    adjectives = [w for a, w in (("size", words.size), ("colour", words.colour)) if a in named]
+    if scene.kind == "count":
+        number = _number(rng, n) if rng.random() < 0.5 else _pick(rng, ("several", "some"))
+        phrase = " ".join([number] + adjectives + [_plural(noun)])
+    else:
+        phrase = " ".join(adjectives + [noun])
+        phrase = f"{_article(phrase)} {phrase}"
+        if "position" in named:
+            phrase += f" {words.position}"
+    if "background" in named:
+        bg = _background(scene, rng)
+        phrase += f" on {_article(bg)} {bg} background"
+    return _pick(rng, _PARTIAL_OPENINGS) + phrase
+
+
 # ----------------------------------------------------------------------------- dense
 
 _OPENINGS = (

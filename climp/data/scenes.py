@@ -349,14 +349,15 @@ def _make_object(rng: np.random.Generator, shape: str, colour: str, size: str, g
 
 def sample_single(rng: np.random.Generator, rules: SamplingRules = SamplingRules(), *,
                   shape: Optional[str] = None, colour: Optional[str] = None,
-                  position: Optional[int] = None, background: Optional[str] = None) -> Scene:
+                  position: Optional[int] = None, background: Optional[str] = None,
+                  size: Optional[str] = None) -> Scene:
     """One salient object in a 3x3 grid cell; any attribute can be fixed by the caller."""
     shape = shape or _choice(rng, SHAPES)
     if colour is None:
         colour = _choice(rng, allowed_colours(shape, rules))
     if position is None:
         position = _randint(rng, 9)
-    size = _choice(rng, SIZES)
+    size = size or _choice(rng, SIZES)
     obj = _make_object(rng, shape, colour, size, 3, position)
     kind, style = sample_background(rng, shape, rules, background)
     return Scene(objects=[obj], background=kind, style=style, kind="single")

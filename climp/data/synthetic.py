@@ -13,6 +13,10 @@ Split rules (documented here because they are part of the benchmark's definition
   test shows only those pairs.
 The training mixture (num_objects=None): 60% one salient object, 20% count scenes (2..6
 identical objects), 20% multi-object scenes (2..8 distinct objects).
+Hard negatives (hard_negatives=p): indices come in groups of HARD_NEGATIVE_GROUP; with
+probability p a group is single-object scenes that share every attribute but one (shape,
+colour, size, position or background), so a batch holding the group can only be matched to its
+captions through that attribute; other groups are ordinary mixture samples.
 """
 from __future__ import annotations
 
@@ -23,9 +27,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .captions import CAPTION_STYLES, NUMBER_WORDS, make_caption
+from .captions import CAPTION_STYLES, NUMBER_WORDS, make_caption, partial_caption
 from .scenes import (BACKGROUNDS, COLOURS, HELDOUT_COMBOS, MAX_COUNT, MAX_OBJECTS,
-                     POSITIONS, SHAPES, SPURIOUS_BACKGROUND, Resolution, SamplingRules, Scene,
+                     POSITIONS, SHAPES, SIZES, SPURIOUS_BACKGROUND, Resolution, SamplingRules, Scene,
                      allowed_colours, as_hw, render_scene, sample_count, sample_cue_conflict,
                      sample_multi, sample_single)
 
@@ -45,7 +49,9 @@ POSITION_TEMPLATES: Tuple[str, ...] = ("a shape at the {}.", "an object in the {
 
 # Random streams: one per kind of dataset, so tasks never replay the scenes of another.
 _STREAMS = {"scenes": 0, "shape": 1, "colour": 2, "count": 3, "position": 4, "spurious": 5,
-            "cue_conflict": 6}
+            "cue_conflict": 6, "hard_negatives": 7}
+HARD_NEGATIVE_GROUP = 8  # scenes per hard-negative group (8 shapes, 8 colours, 8 backgrounds)
+VARIED_ATTRIBUTES = ("shape", "colour", "size", "position", "background")
 _SCENE, _CAPTION = 0, 1  # purposes within one sample's key; captions use _CAPTION + variant
 
 
@@ -115,6 +121,11 @@ class SyntheticScenes(SceneDataset):
     caption_style: "short", "dense" (every object, relations; long for many objects) or
     "mixed" (dense for multi-object scenes, short otherwise). num_objects: None for the
     training mixture, an int or an inclusive (low, high) range for multi-object scenes only.
+    partial_captions: probability that a caption names only some attributes of the salient
+    object (`partial_caption`); a training option (0 keeps every caption complete).
+    hard_negatives: probability that a group of HARD_NEGATIVE_GROUP consecutive indices is a
+    hard-negative group (module docstring); then `group_size` tells samplers to keep groups
+    together.
     """
 
     def __init__(self, split: str = "train", num_samples: Optional[int] = None,
@@ -122,11 +133,22 @@ class SyntheticScenes(SceneDataset):
                  transform: Optional[Callable] = None, spurious: bool = False,
                  holdout_combos: bool = False, *,
                  num_objects: Union[None, int, Tuple[int, int]] = None,
-                 correlation: float = 0.95):
+                 correlation: float = 0.95, partial_captions: float = 0.0,
+                 hard_negatives: float = 0.0):
         if caption_style not in CAPTION_STYLES:
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, "
                              f"got {caption_style!r}")
+        if not 0.0 <= partial_captions <= 1.0:
+            raise ValueError(f"partial_captions must be a probability in [0, 1], "
+                             f"got {partial_captions!r}")
         super().__init__(_num_samples(split, num_samples), resolution, transform)
+        self.partial_captions = float(partial_captions)
+        if not 0.0 <= hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives!r}")
+        if hard_negatives > 0.0 and num_objects is not None:
+            raise ValueError("hard_negatives groups single-object scenes; it needs num_objects=None")
+        self.hard_negatives = float(hard_negatives)
+        self.group_size = HARD_NEGATIVE_GROUP if hard_negatives > 0.0 else 1
         self.split = split
         self.seed = _check_seed(seed)
         self.caption_style = caption_style
@@ -135,6 +157,11 @@ class SyntheticScenes(SceneDataset):
 
     def scene(self, i: int) -> Scene:
         rng = _rng(self.seed, self.split, "scenes", self._index(i), _SCENE)
+        if self.hard_negatives > 0.0:
+            group, member = divmod(i, HARD_NEGATIVE_GROUP)
+            group_rng = _rng(self.seed, self.split, "hard_negatives", group, _SCENE)
+            if group_rng.random() < self.hard_negatives:
+                return self._group_member(group_rng, member, rng)
         if self.num_objects is not None:
             low, high = self.num_objects
             return sample_multi(rng, int(rng.integers(low, high + 1)), self.rules)
@@ -145,11 +172,38 @@ class SyntheticScenes(SceneDataset):
             return sample_count(rng, int(rng.integers(2, MAX_COUNT + 1)), self.rules)
         return sample_multi(rng, int(rng.integers(2, 9)), self.rules)
 
+    def _group_member(self, group_rng: np.random.Generator, member: int,
+                      rng: np.random.Generator) -> Scene:
+        """Member `member` of a hard-negative group: the group's shared attributes (drawn from
+        group_rng) with the varied one set to the member's value; jitter from the member's rng.
+        Under spurious rules the background follows the rule and is never the varied one."""
+        spurious = self.rules.aligned_prob is not None
+        candidates = [a for a in VARIED_ATTRIBUTES if not (spurious and a == "background")]
+        varied = candidates[int(group_rng.integers(len(candidates)))]
+        options = {"shape": SHAPES, "colour": COLOURS, "size": SIZES,
+                   "position": tuple(range(len(POSITIONS))), "background": BACKGROUNDS}
+        shared = {name: values[int(group_rng.integers(len(values)))]
+                  for name, values in options.items()}
+        values = [options[varied][k] for k in group_rng.permutation(len(options[varied]))]
+        shared[varied] = values[member % len(values)]
+        allowed = allowed_colours(shared["shape"], self.rules)
+        if shared["colour"] not in allowed:  # a held-out pair: keep the varied value, move the other
+            if varied == "colour":
+                shared["shape"] = next(s for s in SHAPES if shared["colour"] in allowed_colours(s, self.rules))
+            else:
+                shared["colour"] = allowed[int(group_rng.integers(len(allowed)))]
+        return sample_single(rng, self.rules, shape=shared["shape"], colour=shared["colour"],
+                             size=shared["size"], position=shared["position"],
+                             background=None if spurious else shared["background"])
+
     def caption(self, i: int, variant: int = 0, scene: Optional[Scene] = None) -> str:
         """Caption of scene i (pass `scene` if already sampled); other `variant`s give other
         phrasings of the same scene."""
         rng = _rng(self.seed, self.split, "scenes", self._index(i), _CAPTION + variant)
-        return make_caption(scene or self.scene(i), self.caption_style, rng)
+        scene = scene or self.scene(i)
+        if self.partial_captions > 0.0 and rng.random() < self.partial_captions:
+            return partial_caption(scene, rng)
+        return make_caption(scene, self.caption_style, rng)
 
     def __getitem__(self, i: int):
         scene = self.scene(i)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from open_clip.transformer import AttentionalPooler
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
@@ -22,6 +23,7 @@ from ..dataconfig import FromDict
 from .validation import check_images
 
 NUM_DIRECTIONS = 4
+POOLS = ("avg", "attn")
 
 # forward_type -> whether SS2D gates its output with silu(z) from a second in_proj half.
 # "v2" and "v05" differ in VMamba only by kernel choice (fp32 forcing, einsum vs conv1d).
@@ -73,6 +75,8 @@ class VMambaConfig(FromDict):
     patch_norm: bool = True
     norm_eps: float = 1e-5
     scan_backend: str = "auto"
+    pool: str = "avg"
+    attn_pool_heads: int = 4
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -94,6 +98,11 @@ class VMambaConfig(FromDict):
             raise ValueError(f"d_conv must be odd (1 disables the conv), got {self.d_conv}")
         if self.ssm_ratio <= 0 or self.d_state < 1 or self.mlp_ratio < 0:
             raise ValueError("ssm_ratio and d_state must be positive and mlp_ratio non-negative")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; choose from {POOLS}")
+        if self.pool == "attn" and self.dims[-1] % self.attn_pool_heads:
+            raise ValueError(f"attn_pool_heads={self.attn_pool_heads} must divide the last stage's "
+                             f"width {self.dims[-1]}")
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
             raise ValueError(f"dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
 
@@ -320,9 +329,12 @@ class VSSStage(nn.Module):
 
 
 class VMambaVisionTower(nn.Module):
-    """VMamba backbone + global average pool + Linear to the joint embedding: (B,3,H,W) -> (B,E).
+    """VMamba backbone + pooling + Linear to the joint embedding: (B,3,H,W) -> (B,E).
 
-    No positional embedding, so any H, W divisible by `cfg.total_stride` works.
+    Pooling is VMamba's global average ("avg") or one learned query attending over the final
+    feature map ("attn", open_clip's AttentionalPooler, as CoCa pools): averaging dilutes a
+    small object in a large map, attention can weight it. Neither uses a positional embedding,
+    so any H, W divisible by `cfg.total_stride` works.
     """
 
     def __init__(self, cfg: VMambaConfig, embed_dim: int) -> None:
@@ -340,6 +352,8 @@ class VMambaVisionTower(nn.Module):
             downsample = nn.Identity() if last else make_downsample(dims[i], dims[i + 1], cfg)
             self.layers.append(VSSStage(blocks, downsample))
         self.norm = nn.LayerNorm(dims[-1], eps=cfg.norm_eps)
+        self.attn_pool = (AttentionalPooler(dims[-1], dims[-1], cfg.attn_pool_heads, n_queries=1)
+                          if cfg.pool == "attn" else None)
         self.head = nn.Linear(dims[-1], embed_dim)
         self.apply(init_weights)
 
@@ -366,7 +380,10 @@ class VMambaVisionTower(nn.Module):
         x = self.patch_embed(images)
         for stage in self.layers:
             x = stage(x)
-        return self.norm(x).mean(dim=(1, 2))
+        x = self.norm(x)
+        if self.attn_pool is None:
+            return x.mean(dim=(1, 2))
+        return self.attn_pool(x.flatten(1, 2)).squeeze(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))

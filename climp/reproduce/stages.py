@@ -67,6 +67,8 @@ def train_stage(job: Job) -> Dict[str, Any]:
         components = build_components(config)
         spurious = SyntheticScenes(split="train", num_samples=config.train_samples, resolution=config.resolution,
                                    seed=config.seed, caption_style=config.caption_style,
+                                   partial_captions=config.partial_captions,
+                                   hard_negatives=config.hard_negatives,
                                    transform=components.train_dataset.transform, spurious=True)
         components = dataclasses.replace(components, train_dataset=spurious)
     result = train(config, components)

@@ -33,6 +33,10 @@ HELP: Dict[str, str] = {
     "csv_separator": "CSV field separator",
     "train_samples": "number of synthetic training scenes (one epoch)",
     "caption_style": "synthetic captions: short, dense (long, many objects) or mixed",
+    "partial_captions": "synthetic data: share of captions naming only some attributes of the "
+                        "main object, so every attribute is learned on its own",
+    "hard_negatives": "synthetic data: share of scenes that come in groups of 8 differing in one "
+                      "attribute (in-batch hard negatives)",
     "resolution": "image side length in pixels",
     "workers": "data-loader worker processes (0 loads in the main process)",
     "steps": "optimizer steps to train for",
@@ -73,7 +77,7 @@ GROUPS = {
     "model": ("model", "grad_checkpointing", "image_pretrained", "text_pretrained", "lock_image",
               "lock_text", "lr_image_mult", "lr_text_mult"),
     "data": ("data", "train_data", "csv_img_key", "csv_caption_key", "csv_separator",
-             "train_samples", "caption_style", "resolution", "workers"),
+             "train_samples", "caption_style", "partial_captions", "hard_negatives", "resolution", "workers"),
     "optimisation": ("steps", "batch_size", "accum_freq", "lr", "warmup", "weight_decay",
                      "beta1", "beta2", "eps", "grad_clip", "loss", "local_loss",
                      "gather_with_grad", "precision", "ema_decay", "seed"),

@@ -42,6 +42,8 @@ class TrainConfig(FromDict):
     csv_separator: str = "\t"
     train_samples: int = 20_000
     caption_style: str = "short"
+    partial_captions: float = 0.0
+    hard_negatives: float = 0.0
     resolution: int = 64
     workers: int = 0
     # optimisation
@@ -101,6 +103,10 @@ class TrainConfig(FromDict):
         for key in ("lock_image", "lock_text"):
             if getattr(self, key) < -1:
                 raise ValueError(f"{key} must be -1 (train the whole tower) or a number of unlocked groups >= 0")
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
+        if not 0.0 <= self.partial_captions <= 1.0:
+            raise ValueError(f"partial_captions must be in [0, 1], got {self.partial_captions}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data not in ("synthetic", "files"):

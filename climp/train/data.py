@@ -28,10 +28,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class EpochBatchOrder(Sampler[List[Tuple[int, int]]]):
-    """Batch sampler yielding this rank's micro-batches of (index, sample seed) pairs."""
+    """Batch sampler yielding this rank's micro-batches of (index, sample seed) pairs.
+
+    group_size > 1 shuffles runs of that many consecutive indices as units, so a dataset whose
+    groups are in-batch hard negatives (see SyntheticScenes' hard_negatives) keeps them together.
+    """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int,
-                 seed: int, epoch: int, start_batch: int = 0):
+                 seed: int, epoch: int, start_batch: int = 0, group_size: int = 1):
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.rank = rank
@@ -40,20 +44,25 @@ class EpochBatchOrder(Sampler[List[Tuple[int, int]]]):
         self.epoch = epoch
         self.start_batch = start_batch
         self.global_batch = batch_size * world_size
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.group_size = group_size
         if num_samples < self.global_batch:
             raise ValueError(f"dataset of {num_samples} samples is smaller than one global batch "
                              f"({batch_size} x {world_size} ranks)")
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.num_samples // self.global_batch
+        usable = self.num_samples - self.num_samples % self.group_size
+        return usable // self.global_batch
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start_batch)
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, 0))
-        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        groups = torch.randperm(self.num_samples // self.group_size, generator=generator)
+        order = (groups[:, None] * self.group_size + torch.arange(self.group_size)).flatten().tolist()
         for batch in range(self.start_batch, self.batches_per_epoch):
             start = batch * self.global_batch + self.rank * self.batch_size
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in order[start:start + self.batch_size]]
@@ -92,7 +101,8 @@ def micro_batches_per_epoch(dataset: Any, batch_size: int, world_size: int) -> O
     """Micro-batches per rank per epoch for map-style data; None for iterable sources."""
     if not is_map_style(dataset):
         return None
-    return len(dataset) // (batch_size * world_size)
+    group_size = getattr(dataset, "group_size", 1)
+    return (len(dataset) - len(dataset) % group_size) // (batch_size * world_size)
 
 
 def epoch_loader(
@@ -112,7 +122,8 @@ def epoch_loader(
     generator = torch.Generator().manual_seed(sample_seed(seed, epoch, rank))
     common = dict(collate_fn=collate_fn, num_workers=workers, generator=generator)
     if is_map_style(dataset):
-        order = EpochBatchOrder(len(dataset), batch_size, rank, world_size, seed, epoch, start_batch)
+        order = EpochBatchOrder(len(dataset), batch_size, rank, world_size, seed, epoch, start_batch,
+                                group_size=getattr(dataset, "group_size", 1))
         return iter(DataLoader(SeededSamples(dataset), batch_sampler=order, **common))
     # Whole batches only: every rank must contribute equally many features to the loss.
     loader = DataLoader(dataset, batch_size=batch_size, drop_last=True, **common)

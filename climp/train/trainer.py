@@ -67,7 +67,8 @@ def build_components(config: TrainConfig) -> TrainComponents:
     if config.data == "synthetic":
         train_dataset = synthetic.SyntheticScenes(
             split="train", num_samples=config.train_samples, resolution=config.resolution,
-            seed=config.seed, caption_style=config.caption_style, transform=preprocess_train)
+            seed=config.seed, caption_style=config.caption_style, transform=preprocess_train,
+            partial_captions=config.partial_captions, hard_negatives=config.hard_negatives)
     else:
         train_dataset = open_train_source(config.train_data, preprocess_train, config.csv_img_key,
                                           config.csv_caption_key, config.csv_separator, config.seed)
