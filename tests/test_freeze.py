@@ -17,6 +17,19 @@ def test_groups_partition_each_tower(name):
         assert all(groups), "every group holds parameters"
 
 
+@pytest.mark.parametrize("pool", ["avg", "attn", "pyramid"])
+def test_vmamba_pooling_heads_belong_to_the_head_group(pool):
+    from climp.models.vmamba import VMambaConfig, VMambaVisionTower
+
+    tower = VMambaVisionTower(VMambaConfig(dims=16, depths=[1, 1], pool=pool), embed_dim=8)
+    groups = layer_groups(tower)
+    names = {id(p): n for n, p in tower.named_parameters()}
+    head = {names[id(p)] for p in groups[-1]}
+    assert len([p for g in groups for p in g]) == len(list(tower.parameters()))
+    assert head == {n for n in names.values() if n.startswith(("norm.", "stage_norms.", "attn_pool.", "head."))}
+    assert any(n.startswith({"avg": "norm.", "attn": "attn_pool.", "pyramid": "stage_norms."}[pool]) for n in head)
+
+
 def test_lock_all_but_last_two_groups():
     with torch.device("meta"):
         model = climp.create_model("climp-tiny")

@@ -69,7 +69,8 @@ def test_open_clip_checkpoint_gives_open_clip_features(tmp_path):
 def test_image_tower_from_vmamba_imagenet_checkpoint(tmp_path):
     torch.manual_seed(0)
     source = climp.create_model("climp-tiny").visual.eval()
-    state = {k: v for k, v in source.state_dict().items() if not k.startswith(("head.", "norm."))}
+    # An ImageNet checkpoint has no CLIP pooling head (stage_norms of the pyramid pool).
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith(("head.", "norm.", "stage_norms."))}
     state.update({"classifier.norm." + k[len("norm."):]: v for k, v in source.state_dict().items() if k.startswith("norm.")})
     state["classifier.head.weight"] = torch.randn(1000, source.norm.weight.shape[0])
     state["classifier.head.bias"] = torch.zeros(1000)

@@ -225,6 +225,31 @@ def _proj(attn, index, width):
     return attn.in_proj_weight[rows], attn.in_proj_bias[rows]
 
 
+def test_pyramid_pool_concatenates_each_stage_max_of_its_normed_map():
+    """pool="pyramid": the maps after each stage's blocks (captured by hooks), layer-normed with
+    that stage's norm and max-pooled over locations, concatenated in stage order."""
+    torch.manual_seed(6)
+    tower = VMambaVisionTower(tiny_config(pool="pyramid"), embed_dim=8).eval()
+    assert tower.num_features == 16 + 32 + 64 + 128 == tower.head.in_features
+    maps = []
+    for stage in tower.layers:
+        stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        pooled = tower.forward_features(images)
+    norms = list(tower.stage_norms) + [tower.norm]
+    expected = torch.cat([F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps).flatten(1, 2).max(dim=1).values
+                          for m, n in zip(maps, norms)], dim=-1)
+    assert [m.shape[1:3] for m in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    torch.testing.assert_close(pooled, expected)
+    # A bright patch at another place moves the maxima with it, not the pooled average.
+    images2 = images.clone()
+    images2[:, :, :16, :16] = images[:, :, 48:, 80:]
+    with torch.no_grad():
+        assert not torch.allclose(tower.forward_features(images2), pooled)
+    assert tower(torch.randn(1, 3, 32, 32)).shape == (1, 8)  # any divisible size
+
+
 def test_pool_options_are_validated():
     with pytest.raises(ValueError, match="pool"):
         tiny_config(pool="max")

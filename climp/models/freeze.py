@@ -20,7 +20,7 @@ def _vmamba_groups(tower: nn.Module) -> Groups:
         blocks = _blocks(stage.blocks, f"layers.{s}.blocks")
         blocks[-1].append(f"layers.{s}.downsample.")  # the downsample belongs to its stage's last block
         groups += blocks
-    return groups + [["norm.", "head."]]
+    return groups + [["norm.", "stage_norms.", "attn_pool.", "head."]]
 
 
 GROUPERS: Dict[str, Callable[[nn.Module], Groups]] = {

@@ -73,7 +73,8 @@ def load_image_tower_pretrained(tower: nn.Module, path: PathLike) -> None:
     state = read_state_dict(path)
     if isinstance(tower, VMambaVisionTower):
         backbone = vmamba_checkpoint_to_tower(state)
-        head = {k: v for k, v in tower.state_dict().items() if k.startswith("head.")}
+        # The pooling and projection are CLIP's own (no ImageNet counterpart): they stay at init.
+        head = {k: v for k, v in tower.state_dict().items() if k.startswith(("head.", "stage_norms.", "attn_pool."))}
         load_state_dict_strict(tower, {**backbone, **head}, source=f"VMamba checkpoint {path}")
     elif isinstance(tower, ViTVisionTower):
         visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}

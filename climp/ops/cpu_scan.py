@@ -1,8 +1,8 @@
 """The `cpu` backend: the compiled kernel of csrc/selective_scan.c behind an autograd Function.
 
-The forward saves only the inputs, plus the (batch, dim, length) output before gating when z
-is given (for z's gradient); the backward recomputes the states one (channel block, state)
-pair at a time. The kernel computes in float32 (float64 for float64
+The forward saves only the inputs, plus, when z is given and d_state > 1, the (batch, dim,
+length) output before gating (for z's gradient; with one state the backward gets it from the
+recomputed state); the backward recomputes the states one block of channels at a time. The kernel computes in float32 (float64 for float64
 inputs) and returns outputs and gradients in the inputs' dtypes. Its backward is not itself
 differentiable (see selective_scan.py for how `auto` routes double backward elsewhere).
 """
@@ -55,7 +55,8 @@ class _CpuSelectiveScan(torch.autograd.Function):
         uc, dc, Ac, Dc, zc, bc = (_prepared(t, dtype) for t in (u, delta, A, D, z, delta_bias))
         Bc, Cc = _prepared(_grouped(B), dtype), _prepared(_grouped(C), dtype)
         out = torch.empty(u.shape, dtype=dtype)
-        y_ssm = None if z is None else torch.empty(u.shape, dtype=dtype)  # before D and gating
+        # Before D and gating; with one state the backward recomputes it.
+        y_ssm = None if z is None or A.shape[1] == 1 else torch.empty(u.shape, dtype=dtype)
         _kernel(load_cpu_kernel(), dtype, "fwd")(
             uc.data_ptr(), dc.data_ptr(), Ac.data_ptr(), Bc.data_ptr(), Cc.data_ptr(), _ptr(Dc), _ptr(zc),
             _ptr(bc), int(delta_softplus), out.data_ptr(), _ptr(y_ssm), *_shape_args(uc, Ac, Bc),

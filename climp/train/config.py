@@ -47,7 +47,7 @@ class TrainConfig(FromDict):
     resolution: int = 64
     workers: int = 0
     # optimisation
-    steps: int = 750
+    steps: int = 450
     batch_size: int = 64
     accum_freq: int = 1
     lr: float = 1e-3

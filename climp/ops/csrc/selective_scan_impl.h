@@ -155,7 +155,7 @@ void FN(selective_scan_fwd)(const REAL *u, const REAL *delta, const REAL *A, con
                             int softplus, REAL *out, REAL *y_ssm, int64_t batch, int64_t dim,
                             int64_t len, int64_t nstate, int64_t groups, int nthreads) {
     if (nstate == 1) {
-        FN(selective_scan_fwd_state1)(u, delta, A, Bm, Cm, D, z, bias, softplus, out, y_ssm, batch, dim, len,
+        FN(selective_scan_fwd_state1)(u, delta, A, Bm, Cm, D, z, bias, softplus, out, batch, dim, len,
                                       groups, nthreads);
         return;
     }
@@ -545,7 +545,7 @@ void FN(selective_scan_bwd)(const REAL *u, const REAL *delta, const REAL *A, con
         REAL *dB_acc = tid ? partials + (tid - 1) * 2 * bc_size : dB, *dC_acc = tid ? dB_acc + bc_size : dC;
         REAL *dA_acc = sums + tid * sums_size, *dD_acc = dA_acc + dim * nstate, *dbias_acc = dD_acc + dim;
         if (nstate == 1)
-            FN(s1_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, y_ssm, dout, du, ddelta, dz, batch, dim,
+            FN(s1_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, dout, du, ddelta, dz, batch, dim,
                              len, groups, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc);
         else
             FN(scan_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, y_ssm, dout, du, ddelta, dz, batch,

@@ -79,7 +79,7 @@ static void FN(chan_of)(const REAL *A, const REAL *D, const REAL *bias, FN(block
 /* Forward of one full tile. in: u, delta, z rows; Bt, Ct: 8 steps. h: state carried across tiles. */
 static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u, const REAL *delta, const REAL *z, int64_t stride,
                                    const REAL *Bt, const REAL *Ct, const FN(chan_t) *c, int softplus,
-                                   VEC *h, REAL *out, REAL *y_ssm, int64_t out_stride) {
+                                   VEC *h, REAL *out, int64_t out_stride) {
     VEC e[LANES], x[LANES];
     VEC Bv = FN(load)(Bt), Cv = FN(load)(Ct);
     for (int k = 0; k < LANES; ++k) {
@@ -95,9 +95,7 @@ static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u,
     *h = hh;
     FN(transpose8)(x);
     for (int k = 0; k < LANES; ++k) {
-        VEC uk = FN(load)(u + k * stride), y = x[k] * Cv;
-        if (y_ssm) FN(store)(y_ssm + k * out_stride, y);
-        y += c->D[k] * uk;
+        VEC y = x[k] * Cv + c->D[k] * FN(load)(u + k * stride);
         if (z) {
             VEC zk = FN(load)(z + k * stride);
             y *= zk * VSIGMOID(zk);
@@ -108,35 +106,34 @@ static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u,
 
 static void FN(s1_fwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *Bm,
                              const REAL *Cm, const FN(chan_t) *c, int softplus, int count, int64_t len,
-                             REAL *out, REAL *y_ssm) {
+                             REAL *out) {
     VEC h = {0};
     int64_t t0 = 0;
     if (count == LANES)
         for (; t0 + LANES <= len; t0 += LANES) /* softplus as a constant: one specialised copy each */
             if (softplus)
                 FN(s1_fwd_tile)(u + t0, delta + t0, z ? z + t0 : NULL, len, Bm + t0, Cm + t0, c, 1, &h, out + t0,
-                                y_ssm ? y_ssm + t0 : NULL, len);
+                                len);
             else
                 FN(s1_fwd_tile)(u + t0, delta + t0, z ? z + t0 : NULL, len, Bm + t0, Cm + t0, c, 0, &h, out + t0,
-                                y_ssm ? y_ssm + t0 : NULL, len);
+                                len);
     for (; t0 < len; t0 += LANES) { /* edge tiles */
         int cols = len - t0 < LANES ? (int)(len - t0) : LANES;
-        REAL tu[LANES * LANES], td[LANES * LANES], tz[LANES * LANES], to[LANES * LANES], ty[LANES * LANES];
+        REAL tu[LANES * LANES], td[LANES * LANES], tz[LANES * LANES], to[LANES * LANES];
         REAL tb[LANES * LANES], tc[LANES * LANES];
         FN(pad_tile)(u + t0, len, count, cols, tu);
         FN(pad_tile)(delta + t0, len, count, cols, td);
         FN(pad_tile)(z ? z + t0 : NULL, len, count, cols, tz);
         FN(pad_tile)(Bm + t0, len, 1, cols, tb);
         FN(pad_tile)(Cm + t0, len, 1, cols, tc);
-        FN(s1_fwd_tile)(tu, td, z ? tz : NULL, LANES, tb, tc, c, softplus, &h, to, y_ssm ? ty : NULL, LANES);
+        FN(s1_fwd_tile)(tu, td, z ? tz : NULL, LANES, tb, tc, c, softplus, &h, to, LANES);
         FN(unpad_tile)(out + t0, len, count, cols, to);
-        FN(unpad_tile)(y_ssm ? y_ssm + t0 : NULL, len, count, cols, ty);
     }
 }
 
 void FN(selective_scan_fwd_state1)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm,
                                    const REAL *Cm, const REAL *D, const REAL *z, const REAL *bias,
-                                   int softplus, REAL *out, REAL *y_ssm, int64_t batch, int64_t dim,
+                                   int softplus, REAL *out, int64_t batch, int64_t dim,
                                    int64_t len, int64_t groups, int nthreads) {
     int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
     int64_t chunk = 1 + 2048 / (LANES * len); /* items per scheduling grab: ~2k elements or more */
@@ -148,7 +145,7 @@ void FN(selective_scan_fwd_state1)(const REAL *u, const REAL *delta, const REAL 
         FN(chan_t) c;
         FN(chan_of)(A, D, bias, blk, &c);
         FN(s1_fwd_block)(u + row, delta + row, z ? z + row : NULL, Bm + bc, Cm + bc, &c, softplus,
-                         (int)blk.count, len, out + row, y_ssm ? y_ssm + row : NULL);
+                         (int)blk.count, len, out + row);
     }
 }
 
@@ -196,9 +193,9 @@ typedef struct {
     VEC dA[LANES], dD[LANES], dbias[LANES];
 } FN(s1_sums_t);
 
-/* Reverse step over one full tile: dout, z, y_ssm rows in, du, ddelta, dz rows out; dBt, dCt
+/* Reverse step over one full tile: dout, z rows in, du, ddelta, dz rows out; dBt, dCt
  * get the tile's 8 channel sums; g: the adjoint carried to the previous tile. */
-static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, const REAL *z, const REAL *y_ssm,
+static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, const REAL *z,
                                            int64_t stride, const REAL *Bt, const REAL *Ct,
                                            const FN(chan_t) *c, int softplus, VEC *carry,
                                            const FN(s1_scratch_t) *s, int64_t t0, FN(s1_sums_t) *sums,
@@ -211,7 +208,8 @@ static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, cons
         dy[k] = FN(load)(dout + k * stride);
         if (z) {
             VEC zk = FN(load)(z + k * stride), sz = VSIGMOID(zk);
-            VEC pre = FN(load)(y_ssm + k * stride) + c->D[k] * FN(load)(u + k * stride);
+            /* the output before gating, C_t h_t + D u_t, from the recomputed state */
+            VEC pre = FN(load)(s->h + k * P + t0) * Cv + c->D[k] * FN(load)(u + k * stride);
             FN(store)(dz + k * out_stride, dy[k] * pre * sz * (1 + zk * (1 - sz)));
             dy[k] *= zk * sz;
         }
@@ -244,8 +242,7 @@ static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, cons
     *dCt = dC;
 }
 
-static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *y_ssm,
-                             const REAL *dout, const REAL *Bm, const REAL *Cm, const FN(chan_t) *c,
+static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *dout, const REAL *Bm, const REAL *Cm, const FN(chan_t) *c,
                              int softplus, int count, int64_t len, FN(s1_scratch_t) *s, REAL *du,
                              REAL *ddelta, REAL *dz, REAL *dB_acc, REAL *dC_acc, FN(s1_sums_t) *sums) {
     int64_t full = count == LANES ? len / LANES * LANES : 0; /* steps covered by full tiles */
@@ -267,7 +264,7 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
     VEC carry = {0}, dBt, dCt;
     for (int64_t t0 = s->padded - LANES; t0 >= 0; t0 -= LANES) {
         if (t0 < full) {
-            FN(s1_bwd_reverse_tile)(u + t0, dout + t0, z ? z + t0 : NULL, y_ssm ? y_ssm + t0 : NULL, len,
+            FN(s1_bwd_reverse_tile)(u + t0, dout + t0, z ? z + t0 : NULL, len,
                                     Bm + t0, Cm + t0, c, softplus, &carry, s, t0, sums, du + t0,
                                     ddelta + t0, z ? dz + t0 : NULL, len, &dBt, &dCt);
             FN(store)(dB_acc + t0, FN(load)(dB_acc + t0) + dBt);
@@ -275,15 +272,14 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
             continue;
         }
         int cols = len - t0 < LANES ? (int)(len - t0) : LANES;
-        REAL tg[LANES * LANES], tz[LANES * LANES], ty[LANES * LANES], tc[LANES * LANES];
+        REAL tg[LANES * LANES], tz[LANES * LANES], tc[LANES * LANES];
         REAL odu[LANES * LANES], odd[LANES * LANES], odz[LANES * LANES];
         FN(pad_tile)(u + t0, len, count, cols, tu);
         FN(pad_tile)(dout + t0, len, count, cols, tg);
         FN(pad_tile)(z ? z + t0 : NULL, len, count, cols, tz);
-        FN(pad_tile)(y_ssm ? y_ssm + t0 : NULL, len, count, cols, ty);
         FN(pad_tile)(Bm + t0, len, 1, cols, tb);
         FN(pad_tile)(Cm + t0, len, 1, cols, tc);
-        FN(s1_bwd_reverse_tile)(tu, tg, z ? tz : NULL, ty, LANES, tb, tc, c, softplus, &carry, s, t0, sums,
+        FN(s1_bwd_reverse_tile)(tu, tg, z ? tz : NULL, LANES, tb, tc, c, softplus, &carry, s, t0, sums,
                                 odu, odd, odz, LANES, &dBt, &dCt);
         FN(unpad_tile)(du + t0, len, count, cols, odu);
         FN(unpad_tile)(ddelta + t0, len, count, cols, odd);
@@ -298,7 +294,7 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
 /* The backward's work items for d_state = 1; called inside the backward's parallel region, with
  * that thread's accumulators for dB, dC (batch, groups, 1, length) and dA, dD, dbias (dim). */
 static void FN(s1_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm, const REAL *Cm,
-                             const REAL *D, const REAL *z, const REAL *bias, int softplus, const REAL *y_ssm,
+                             const REAL *D, const REAL *z, const REAL *bias, int softplus,
                              const REAL *dout, REAL *du, REAL *ddelta, REAL *dz, int64_t batch, int64_t dim,
                              int64_t len, int64_t groups, REAL *dB_acc, REAL *dC_acc, REAL *dA_acc,
                              REAL *dD_acc, REAL *dbias_acc) {
@@ -320,7 +316,7 @@ static void FN(s1_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, co
         FN(chan_of)(A, D, bias, blk, &c);
         FN(s1_sums_t) sums;
         memset(&sums, 0, sizeof sums);
-        FN(s1_bwd_block)(u + row, delta + row, z ? z + row : NULL, y_ssm ? y_ssm + row : NULL, dout + row,
+        FN(s1_bwd_block)(u + row, delta + row, z ? z + row : NULL, dout + row,
                          Bm + bc, Cm + bc, &c, softplus, (int)blk.count, len, &s, du + row, ddelta + row,
                          z ? dz + row : NULL, dB_acc + bc, dC_acc + bc, &sums);
         for (int k = 0; k < blk.count; ++k) {
