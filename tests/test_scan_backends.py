@@ -146,11 +146,13 @@ def test_float16_inputs_cpu():
 
 
 @pytest.mark.parametrize("backend", sorted(FAST_BACKENDS))
-@pytest.mark.parametrize("case", ["full", "groups2_plain"])
+@pytest.mark.parametrize("case", ["full", "groups2_plain", "state1_gated"])
 def test_backend_gradcheck_float64(backend, case):
     kwargs = dict(batch=2, dim=4, length=6, state=2, dtype=torch.float64)
     if case == "groups2_plain":
         kwargs.update(groups=2, z=False, bias=False, softplus=False)
+    if case == "state1_gated":  # the d_state-1 kernel recomputes the pre-gate output for dz
+        kwargs.update(state=1, dim=10, length=11)
     softplus = kwargs.get("softplus", True)
     x = leaves(make_inputs(**kwargs))
     wrt = [k for k in NAMES if x[k] is not None]

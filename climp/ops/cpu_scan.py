@@ -2,9 +2,10 @@
 
 The forward saves only the inputs, plus, when z is given and d_state > 1, the (batch, dim,
 length) output before gating (for z's gradient; with one state the backward gets it from the
-recomputed state); the backward recomputes the states one block of channels at a time. The kernel computes in float32 (float64 for float64
-inputs) and returns outputs and gradients in the inputs' dtypes. Its backward is not itself
-differentiable (see selective_scan.py for how `auto` routes double backward elsewhere).
+recomputed state); the backward recomputes the states one block of channels at a time. The
+kernel computes in float32 (float64 for float64 inputs) and returns outputs and gradients in
+the inputs' dtypes. Its backward is not itself differentiable (see selective_scan.py for how
+`auto` routes double backward elsewhere).
 """
 from __future__ import annotations
 
