@@ -7,6 +7,8 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
+from .vmamba import HEAD_PREFIXES as VMAMBA_HEAD_PREFIXES
+
 Groups = List[List[str]]  # each group: parameter-name prefixes
 
 
@@ -20,7 +22,7 @@ def _vmamba_groups(tower: nn.Module) -> Groups:
         blocks = _blocks(stage.blocks, f"layers.{s}.blocks")
         blocks[-1].append(f"layers.{s}.downsample.")  # the downsample belongs to its stage's last block
         groups += blocks
-    return groups + [["norm.", "stage_norms.", "attn_pool.", "head."]]
+    return groups + [list(VMAMBA_HEAD_PREFIXES)]
 
 
 GROUPERS: Dict[str, Callable[[nn.Module], Groups]] = {

@@ -68,13 +68,15 @@ def load_image_tower_pretrained(tower: nn.Module, path: PathLike) -> None:
     """Load a VMamba ImageNet checkpoint (its classifier head dropped; our projection stays at
     init) or an open_clip checkpoint's `visual.*` into a ViT tower."""
     from .vit import ViTVisionTower
-    from .vmamba import VMambaVisionTower, vmamba_checkpoint_to_tower
+    from .vmamba import HEAD_PREFIXES, VMambaVisionTower, vmamba_checkpoint_to_tower
 
     state = read_state_dict(path)
     if isinstance(tower, VMambaVisionTower):
         backbone = vmamba_checkpoint_to_tower(state)
-        # The pooling and projection are CLIP's own (no ImageNet counterpart): they stay at init.
-        head = {k: v for k, v in tower.state_dict().items() if k.startswith(("head.", "stage_norms.", "attn_pool."))}
+        # The pooling and projection are CLIP's own (no ImageNet counterpart): they stay at init;
+        # the final norm comes from the checkpoint.
+        own = tuple(p for p in HEAD_PREFIXES if p != "norm.")
+        head = {k: v for k, v in tower.state_dict().items() if k.startswith(own)}
         load_state_dict_strict(tower, {**backbone, **head}, source=f"VMamba checkpoint {path}")
     elif isinstance(tower, ViTVisionTower):
         visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}

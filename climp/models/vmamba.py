@@ -24,6 +24,8 @@ from .validation import check_images
 
 NUM_DIRECTIONS = 4
 POOLS = ("avg", "attn", "pyramid")
+# Parameter-name prefixes of the tower's output head: final norm(s), pooling and projection.
+HEAD_PREFIXES = ("norm.", "stage_norms.", "attn_pool.", "head.")
 
 # forward_type -> whether SS2D gates its output with silu(z) from a second in_proj half.
 # "v2" and "v05" differ in VMamba only by kernel choice (fp32 forcing, einsum vs conv1d).
