@@ -3,7 +3,7 @@
 Prints ratios measured in this one run, and the command that produced them. The sequential
 reference is very slow at these shapes, so the speed-ups compare every backend with the
 reference on the same inputs cut to the first --ref-length steps (both measured, nothing
-extrapolated); the cpu backend's absolute times and state updates per second use the full
+extrapolated), timed in --rounds alternating rounds whose median ratio is reported; the cpu backend's absolute times and state updates per second use the full
 length. One state update is one (batch, dim, length, state) element of the recurrence; a
 forward+backward counts each element once.
 
@@ -117,6 +117,26 @@ def time_backend(backend: str, inputs: Dict[str, torch.Tensor], repeats: int, wa
     return best_time(forward, repeats, warmup), best_time(forward_backward, repeats, warmup)
 
 
+def median(values: List[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def rounds_against_reference(inputs: Dict[str, torch.Tensor], repeats: int, rounds: int) -> List[Dict[str, float]]:
+    """Reference and cpu timed alternately, `rounds` times, on the same inputs: a slow-down of
+    the machine during one round shows in that round's ratio only, and the median of the rounds'
+    ratios ignores it. The reference is warmed up on a 4-step cut first (its first call pays
+    one-time costs) and timed once per round (it is slow); the cpu backend best of `repeats`."""
+    time_backend("reference", truncated(inputs, min(4, inputs["u"].shape[-1])), 1, warmup=0)
+    results = []
+    for _ in range(rounds):
+        ref_fwd, ref_fb = time_backend("reference", inputs, 1, warmup=0)
+        cpu_fwd, cpu_fb = time_backend("cpu", inputs, repeats)
+        results.append({"ref_fwd": ref_fwd, "ref_fb": ref_fb, "cpu_fwd": cpu_fwd, "cpu_fb": cpu_fb})
+    return results
+
+
 def cpu_time_per_element(repeats: int) -> List[Dict[str, float]]:
     """Single-threaded CPU ns per (batch, dim, length) element of the cpu backend's forward and
     backward (fwd+bwd minus fwd), median of `repeats` after a warm-up, at CPU_TIME_SHAPES."""
@@ -228,6 +248,8 @@ def main(argv=None) -> int:
                         help="';'-separated batch,dim,length,state (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="best-of repeats for the fast backends")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating reference/cpu rounds; speed-ups are their median (default: %(default)s)")
     parser.add_argument("--ref-length", type=int, default=32, help="steps of the sequence the reference runs on")
     parser.add_argument("--chunked-length", type=int, default=128, help="steps the chunked backend runs on")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
@@ -257,9 +279,7 @@ def main(argv=None) -> int:
         full = make_inputs(shape)
         cpu_fwd, cpu_fb = time_backend("cpu", full, args.repeats)
         ref_len = min(length, args.ref_length)
-        short = truncated(full, ref_len)
-        ref_fwd, ref_fb = time_backend("reference", short, 1, warmup=0)
-        cpu_short_fwd, cpu_short_fb = time_backend("cpu", short, args.repeats)
+        rounds = rounds_against_reference(truncated(full, ref_len), args.repeats, args.rounds)
         ch_len = min(length, args.chunked_length)
         ch_inputs = truncated(full, ch_len)
         _, ch_fb = time_backend("chunked", ch_inputs, 1)
@@ -270,11 +290,12 @@ def main(argv=None) -> int:
             "cpu_fwd_bwd_ms": cpu_fb * 1e3,
             "updates_per_s": batch * dim * length * state / cpu_fb,
             "ref_length": ref_len,
-            "fwd_speedup": ref_fwd / cpu_short_fwd,
-            "fwd_bwd_speedup": ref_fb / cpu_short_fb,
+            "fwd_speedup": median([r["ref_fwd"] / r["cpu_fwd"] for r in rounds]),
+            "fwd_bwd_speedup": median([r["ref_fb"] / r["cpu_fb"] for r in rounds]),
+            "fwd_bwd_speedup_rounds": [r["ref_fb"] / r["cpu_fb"] for r in rounds],
             "chunked_length": ch_len,
             "chunked_fwd_bwd_ms": ch_fb * 1e3,
-            "chunked_vs_ref": (ref_fb * ch_len / ref_len) / ch_fb,
+            "chunked_vs_ref": (median([r["ref_fb"] for r in rounds]) * ch_len / ref_len) / ch_fb,
             "cpu_vs_chunked": ch_fb / cpu_ch_fb,
         }
         if not args.no_memory:
@@ -299,17 +320,19 @@ def main(argv=None) -> int:
 
 def format_table(rows, args) -> str:
     head = ("| shape (b,d,l,n) | cpu fwd ms | cpu fwd+bwd ms | updates/s fwd+bwd | fwd speed-up | "
-            "fwd+bwd speed-up | chunked fwd+bwd ms (len) | chunked vs ref | cpu vs chunked | peak mem cpu | peak mem chunked |")
+            "fwd+bwd speed-up (rounds' range) | chunked fwd+bwd ms (len) | chunked vs ref | cpu vs chunked | peak mem cpu | peak mem chunked |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         mem = {b: (f"{r[f'mem_{b}']['ratio']:.2f}x" if f"mem_{b}" in r else "-") for b in ("cpu", "chunked")}
+        spread = "-".join(f"{x:.0f}x" for x in (min(r["fwd_bwd_speedup_rounds"]), max(r["fwd_bwd_speedup_rounds"])))
         lines.append(
             f"| {','.join(map(str, r['shape']))} | {r['cpu_fwd_ms']:.1f} | {r['cpu_fwd_bwd_ms']:.1f} | "
-            f"{r['updates_per_s']:.2e} | {r['fwd_speedup']:.0f}x | {r['fwd_bwd_speedup']:.0f}x | "
+            f"{r['updates_per_s']:.2e} | {r['fwd_speedup']:.0f}x | {r['fwd_bwd_speedup']:.0f}x ({spread}) | "
             f"{r['chunked_fwd_bwd_ms']:.0f} ({r['chunked_length']}) | {r['chunked_vs_ref']:.0f}x | "
             f"{r['cpu_vs_chunked']:.0f}x | {mem['cpu']} | {mem['chunked']} |"
         )
-    lines.append(f"\nspeed-ups vs reference measured on the first {args.ref_length} steps (same inputs for both); "
+    lines.append(f"\nspeed-ups vs reference: median of {args.rounds} alternating rounds on the first {args.ref_length} "
+                 "steps (same inputs for both); "
                  f"chunked on the first {args.chunked_length} steps (its 'vs ref' scales the reference time by length); "
                  "peak mem = (inputs + added peak RSS) / (inputs + output + grads); chunked's at its length")
     return "\n".join(lines)

@@ -13,6 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -139,6 +142,21 @@ static inline vec_f64 vsoftplus_f64(vec_f64 x, vec_f64 *sig) {
     if (sig) *sig = vsigmoid_f64(x);
     for (int k = 0; k < LANES; ++k) x[k] = x[k] > 20 ? x[k] : log1p(exp(x[k]));
     return x;
+}
+
+/* Outputs and gradients are usually fresh memory from the allocator, which the kernel faults in
+ * one 4 KiB page at a time on first write. Asking for transparent huge pages on their 2 MiB-
+ * aligned part makes that up to 512x fewer faults (a no-op where THP is off or unknown; memory
+ * use is unchanged, as only whole 2 MiB pages inside the buffer are advised). */
+static void advise_huge_pages(void *p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t start = ((uintptr_t)p + huge - 1) & ~(huge - 1), end = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (p && end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
 }
 
 static void *scratch_alloc(size_t bytes) {

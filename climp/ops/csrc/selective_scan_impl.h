@@ -154,6 +154,9 @@ void FN(selective_scan_fwd)(const REAL *u, const REAL *delta, const REAL *A, con
                             const REAL *Cm, const REAL *D, const REAL *z, const REAL *bias,
                             int softplus, REAL *out, REAL *y_ssm, int64_t batch, int64_t dim,
                             int64_t len, int64_t nstate, int64_t groups, int nthreads) {
+    size_t full_bytes = (size_t)(batch * dim * len) * sizeof(REAL);
+    advise_huge_pages(out, full_bytes);
+    advise_huge_pages(y_ssm, full_bytes);
     if (nstate == 1) {
         FN(selective_scan_fwd_state1)(u, delta, A, Bm, Cm, D, z, bias, softplus, out, batch, dim, len,
                                       groups, nthreads);
@@ -530,6 +533,10 @@ void FN(selective_scan_bwd)(const REAL *u, const REAL *delta, const REAL *A, con
                             REAL *dbias, int64_t batch, int64_t dim, int64_t len, int64_t nstate,
                             int64_t groups, int nthreads) {
     int64_t bc_size = batch * groups * nstate * len; /* elements of dB (and of dC) */
+    size_t full_bytes = (size_t)(batch * dim * len) * sizeof(REAL);
+    advise_huge_pages(du, full_bytes);
+    advise_huge_pages(ddelta, full_bytes);
+    advise_huge_pages(dz, full_bytes);
     if (nthreads < 1) nthreads = 1;
     /* Every thread sums dA, dD, dbias into its own row of `sums`; thread 0 accumulates dB, dC in
      * place, the others into their own pair of `partials`, added at the end. */
