@@ -3,9 +3,10 @@
 Prints ratios measured in this one run, and the command that produced them. The sequential
 reference is very slow at these shapes, so the speed-ups compare every backend with the
 reference on the same inputs cut to the first --ref-length steps (both measured, nothing
-extrapolated), timed in --rounds alternating rounds whose median ratio is reported; the cpu backend's absolute times and state updates per second use the full
-length. One state update is one (batch, dim, length, state) element of the recurrence; a
-forward+backward counts each element once.
+extrapolated), timed in --rounds alternating rounds whose median ratio is reported; the cpu
+backend's absolute times and state updates per second use the full length. One state update
+is one (batch, dim, length, state) element of the recurrence; a forward+backward counts each
+element once.
 
 Memory: each backend runs forward+backward once in a fresh subprocess; the peak resident set
 (Linux VmHWM, reset through /proc/self/clear_refs just before the run) minus the resident set
@@ -30,6 +31,7 @@ import shlex
 import subprocess
 import sys
 import time
+from statistics import median
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -115,12 +117,6 @@ def time_backend(backend: str, inputs: Dict[str, torch.Tensor], repeats: int, wa
         torch.autograd.grad(out, leaves, torch.ones_like(out))
 
     return best_time(forward, repeats, warmup), best_time(forward_backward, repeats, warmup)
-
-
-def median(values: List[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def rounds_against_reference(inputs: Dict[str, torch.Tensor], repeats: int, rounds: int) -> List[Dict[str, float]]:
