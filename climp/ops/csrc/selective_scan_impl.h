@@ -26,16 +26,29 @@ static inline FN(block_t) FN(block_of)(int64_t j, int64_t dim, int64_t groups) {
 }
 
 /* The first row (element offset) and channel count of the block a thread probably takes after
- * `item` (dynamic scheduling hands items out in order, so: item + the team's size), for
- * prefetching; count 0 when there is none. */
-static inline int64_t FN(next_block_row)(int64_t item, int64_t batch, int64_t dim, int64_t len, int64_t groups,
-                                         int *count) {
-    int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES), next = item + omp_get_num_threads();
+ * `item`, for prefetching; count 0 when there is none. Dynamic scheduling hands out `chunk`
+ * consecutive items at a time, in order: the next item of the chunk, else the first item of the
+ * chunk one team's size further. */
+static inline int64_t FN(next_block_row)(int64_t item, int64_t chunk, int64_t batch, int64_t dim, int64_t len,
+                                         int64_t groups, int *count) {
+    int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
+    int64_t next = (item + 1) % chunk ? item + 1 : item + 1 + (omp_get_num_threads() - 1) * chunk;
     *count = 0;
     if (next >= batch * nblocks) return 0;
     FN(block_t) blk = FN(block_of)(next % nblocks, dim, groups);
     *count = (int)blk.count;
     return ((next / nblocks) * dim + blk.first) * len;
+}
+
+/* Prefetching rows: the cache line holding step j of each of the block's rows. */
+#define LINE_STEPS (64 / (int)sizeof(REAL))
+
+static inline void FN(prefetch_rows)(const REAL *p, int64_t len, int rows, int64_t j) {
+    for (int k = 0; k < rows; ++k) __builtin_prefetch(p + k * len + j, 0, 3);
+}
+
+static inline void FN(prefetch_rows_for_write)(REAL *p, int64_t len, int rows, int64_t j) {
+    for (int k = 0; k < rows; ++k) __builtin_prefetch(p + k * len + j, 1, 3);
 }
 
 #include "selective_scan_state1.h"
@@ -62,17 +75,6 @@ static inline void FN(put_tile)(REAL *p, int64_t stride, int rows, int cols, con
     REAL tile[LANES * LANES];
     for (int k = 0; k < LANES; ++k) FN(store)(tile + k * LANES, r[k]);
     FN(unpad_tile)(p, stride, rows, cols, tile);
-}
-
-/* Prefetching rows: the cache line holding step j of each of the block's rows. */
-#define LINE_STEPS (64 / (int)sizeof(REAL))
-
-static inline void FN(prefetch_rows)(const REAL *p, int64_t len, int rows, int64_t j) {
-    for (int k = 0; k < rows; ++k) __builtin_prefetch(p + k * len + j, 0, 3);
-}
-
-static inline void FN(prefetch_rows_for_write)(REAL *p, int64_t len, int rows, int64_t j) {
-    for (int k = 0; k < rows; ++k) __builtin_prefetch(p + k * len + j, 1, 3);
 }
 
 /* Per-block constants: per state, A and A times the exp argument scale (lane k = channel
@@ -200,7 +202,7 @@ void FN(selective_scan_fwd)(const REAL *u, const REAL *delta, const REAL *A, con
                  * while the states run. */
                 int64_t next_row = row + t0 + FWD_TILE;
                 int next_rows = rows;
-                if (t0 + FWD_TILE >= len) next_row = FN(next_block_row)(item, batch, dim, len, groups, &next_rows);
+                if (t0 + FWD_TILE >= len) next_row = FN(next_block_row)(item, 1, batch, dim, len, groups, &next_rows);
                 for (int64_t j = 0; j < FWD_TILE && next_row % len + j < len; j += LINE_STEPS) {
                     FN(prefetch_rows)(u + next_row, len, next_rows, j);
                     FN(prefetch_rows)(delta + next_row, len, next_rows, j);
@@ -501,7 +503,7 @@ static void FN(scan_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, 
         int64_t row = (b * dim + blk.first) * len, bc = (b * groups + blk.group) * nstate * len;
         FN(consts_of)(A, D, bias, nstate, blk, &c);
         int next_rows;
-        int64_t next_shift = FN(next_block_row)(item, batch, dim, len, groups, &next_rows) - row;
+        int64_t next_shift = FN(next_block_row)(item, 1, batch, dim, len, groups, &next_rows) - row;
         FN(bwd_block_t) bb = {u + row, delta + row, dout + row, z ? z + row : NULL, z ? y_ssm + row : NULL,
                               du + row, ddelta + row, z ? dz + row : NULL, len, next_shift, (int)blk.count,
                               softplus, next_rows, &c, {0}, {0}};

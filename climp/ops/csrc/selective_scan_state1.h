@@ -8,6 +8,9 @@
  * time steps, and transposed back. No full-size scratch pass, no lane-by-lane copies.
  * Edge tiles (length % 8, blocks of fewer than 8 channels) are copied into zero-padded tiles;
  * zero inputs make every padded term vanish, and padded results are never written out.
+ * A block's 8 rows are 8 short streams per tensor, too short for the hardware prefetcher to
+ * pick up: every pass requests the cache lines it needs S1_AHEAD steps ahead, and its last
+ * steps request the first lines of the next pass (the reverse pass, or the thread's next block).
  */
 
 /* 8x8 transpose of r[0..7] in registers (unpack, 2-lane shuffle, 128-bit half swaps). */
@@ -104,19 +107,37 @@ static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u,
     }
 }
 
+/* Prefetch distance in steps: rows are read S1_AHEAD steps before use, and a block's last
+ * S1_AHEAD steps prefetch the first ones of the block the thread probably takes next. */
+#define S1_AHEAD 64
+
 static void FN(s1_fwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *Bm,
                              const REAL *Cm, const FN(chan_t) *c, int softplus, int count, int64_t len,
-                             REAL *out) {
+                             REAL *out, int64_t next_shift, int next_rows) {
     VEC h = {0};
     int64_t t0 = 0;
     if (count == LANES)
-        for (; t0 + LANES <= len; t0 += LANES) /* softplus as a constant: one specialised copy each */
+        for (; t0 + LANES <= len; t0 += LANES) { /* softplus as a constant: one specialised copy each */
+            int64_t ahead = t0 + S1_AHEAD; /* this block's step, else the next block's step ahead - len */
+            if (ahead % LINE_STEPS < LANES && ahead < len) {
+                FN(prefetch_rows)(u + ahead, len, count, 0);
+                FN(prefetch_rows)(delta + ahead, len, count, 0);
+                if (z) FN(prefetch_rows)(z + ahead, len, count, 0);
+                FN(prefetch_rows_for_write)(out + ahead, len, count, 0);
+            } else if (ahead >= len && (ahead - len) % LINE_STEPS < LANES && ahead - len < len && next_rows) {
+                int64_t at = next_shift + ahead - len;
+                FN(prefetch_rows)(u + at, len, next_rows, 0);
+                FN(prefetch_rows)(delta + at, len, next_rows, 0);
+                if (z) FN(prefetch_rows)(z + at, len, next_rows, 0);
+                FN(prefetch_rows_for_write)(out + at, len, next_rows, 0);
+            }
             if (softplus)
                 FN(s1_fwd_tile)(u + t0, delta + t0, z ? z + t0 : NULL, len, Bm + t0, Cm + t0, c, 1, &h, out + t0,
                                 len);
             else
                 FN(s1_fwd_tile)(u + t0, delta + t0, z ? z + t0 : NULL, len, Bm + t0, Cm + t0, c, 0, &h, out + t0,
                                 len);
+        }
     for (; t0 < len; t0 += LANES) { /* edge tiles */
         int cols = len - t0 < LANES ? (int)(len - t0) : LANES;
         REAL tu[LANES * LANES], td[LANES * LANES], tz[LANES * LANES], to[LANES * LANES];
@@ -144,8 +165,10 @@ void FN(selective_scan_fwd_state1)(const REAL *u, const REAL *delta, const REAL 
         int64_t row = (b * dim + blk.first) * len, bc = (b * groups + blk.group) * len;
         FN(chan_t) c;
         FN(chan_of)(A, D, bias, blk, &c);
+        int next_rows;
+        int64_t next_row = FN(next_block_row)(item, chunk, batch, dim, len, groups, &next_rows);
         FN(s1_fwd_block)(u + row, delta + row, z ? z + row : NULL, Bm + bc, Cm + bc, &c, softplus,
-                         (int)blk.count, len, out + row);
+                         (int)blk.count, len, out + row, next_row - row, next_rows);
     }
 }
 
@@ -244,11 +267,26 @@ static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, cons
 
 static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *dout, const REAL *Bm, const REAL *Cm, const FN(chan_t) *c,
                              int softplus, int count, int64_t len, FN(s1_scratch_t) *s, REAL *du,
-                             REAL *ddelta, REAL *dz, REAL *dB_acc, REAL *dC_acc, FN(s1_sums_t) *sums) {
+                             REAL *ddelta, REAL *dz, REAL *dB_acc, REAL *dC_acc, FN(s1_sums_t) *sums,
+                             int64_t next_shift, int next_rows) {
     int64_t full = count == LANES ? len / LANES * LANES : 0; /* steps covered by full tiles */
     REAL tu[LANES * LANES], td[LANES * LANES], tb[LANES * LANES];
     VEC h = {0};
     for (int64_t t0 = 0; t0 < len; t0 += LANES) {
+        int64_t ahead = t0 + S1_AHEAD;
+        if (ahead % LINE_STEPS < LANES && ahead < len) {
+            FN(prefetch_rows)(u + ahead, len, count, 0);
+            FN(prefetch_rows)(delta + ahead, len, count, 0);
+        } else if (ahead >= len && (ahead - len) % LINE_STEPS < LANES) { /* the reverse pass's first steps */
+            int64_t at = len - 1 - (ahead - len);
+            if (at >= 0) {
+                FN(prefetch_rows)(dout + at, len, count, 0);
+                if (z) FN(prefetch_rows)(z + at, len, count, 0);
+                FN(prefetch_rows_for_write)(du + at, len, count, 0);
+                FN(prefetch_rows_for_write)(ddelta + at, len, count, 0);
+                if (z) FN(prefetch_rows_for_write)(dz + at, len, count, 0);
+            }
+        }
         if (t0 < full && softplus) { /* softplus as a constant: one specialised copy each */
             FN(s1_bwd_forward_tile)(u + t0, delta + t0, len, Bm + t0, c, 1, &h, s, t0);
         } else if (t0 < full) {
@@ -263,6 +301,18 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
     }
     VEC carry = {0}, dBt, dCt;
     for (int64_t t0 = s->padded - LANES; t0 >= 0; t0 -= LANES) {
+        int64_t behind = t0 - S1_AHEAD; /* this block's step, else the next block's step -LANES - behind */
+        if (behind >= 0 && behind % LINE_STEPS < LANES) {
+            FN(prefetch_rows)(dout + behind, len, count, 0);
+            if (z) FN(prefetch_rows)(z + behind, len, count, 0);
+            FN(prefetch_rows_for_write)(du + behind, len, count, 0);
+            FN(prefetch_rows_for_write)(ddelta + behind, len, count, 0);
+            if (z) FN(prefetch_rows_for_write)(dz + behind, len, count, 0);
+        } else if (behind < 0 && (-LANES - behind) % LINE_STEPS < LANES && -LANES - behind < len && next_rows) {
+            int64_t at = next_shift - LANES - behind; /* the next block's first steps */
+            FN(prefetch_rows)(u + at, len, next_rows, 0);
+            FN(prefetch_rows)(delta + at, len, next_rows, 0);
+        }
         if (t0 < full) {
             FN(s1_bwd_reverse_tile)(u + t0, dout + t0, z ? z + t0 : NULL, len,
                                     Bm + t0, Cm + t0, c, softplus, &carry, s, t0, sums, du + t0,
@@ -316,9 +366,11 @@ static void FN(s1_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, co
         FN(chan_of)(A, D, bias, blk, &c);
         FN(s1_sums_t) sums;
         memset(&sums, 0, sizeof sums);
+        int next_rows;
+        int64_t next_row = FN(next_block_row)(item, chunk, batch, dim, len, groups, &next_rows);
         FN(s1_bwd_block)(u + row, delta + row, z ? z + row : NULL, dout + row,
                          Bm + bc, Cm + bc, &c, softplus, (int)blk.count, len, &s, du + row, ddelta + row,
-                         z ? dz + row : NULL, dB_acc + bc, dC_acc + bc, &sums);
+                         z ? dz + row : NULL, dB_acc + bc, dC_acc + bc, &sums, next_row - row, next_rows);
         for (int k = 0; k < blk.count; ++k) {
             dA_acc[blk.first + k] += FN(lane_sum)(sums.dA[k]);
             dD_acc[blk.first + k] += FN(lane_sum)(sums.dD[k]);
