@@ -294,7 +294,12 @@ def test_cross_scan_and_merge_against_loops():
     merged = cross_merge(ys, 4, 5)
     # cross_merge is the adjoint of cross_scan: <cross_scan(x), ys> == <x, cross_merge(ys)>.
     torch.testing.assert_close((cross_scan(x) * ys).sum(), (x.flatten(2) * merged).sum())
-    (g,) = torch.autograd.grad(merged.sum(), [ys])
-    torch.testing.assert_close(g, torch.ones_like(ys))
+    # Each one's backward is the other: d<merge(ys), w>/dys = scan(w), d<scan(x), ys>/dx = merge(ys).
+    w = torch.randn(2, 3, 4, 5)
+    (g,) = torch.autograd.grad(merged, [ys], w.flatten(2))
+    torch.testing.assert_close(g, cross_scan(w))
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(cross_scan(x), [x], ys.detach())
+    torch.testing.assert_close(g, cross_merge(ys.detach(), 4, 5).view_as(x))
     with pytest.raises(ValueError, match="height\\*width"):
         cross_merge(ys, 3, 5)
