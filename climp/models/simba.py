@@ -228,6 +228,7 @@ class EinFFT(nn.Module):
         return torch.complex(fn(x.real), fn(x.imag))
 
     def forward(self, x: torch.Tensor, height: int = 0, width: int = 0) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); height and width are unused (the FFT runs over the token sequence)."""
         batch, length, dim = x.shape
         with torch.autocast(device_type=x.device.type, enabled=False):
             freq = torch.fft.fft2(x.float().view(batch, length, self.num_blocks, self.block_size),
