@@ -6,7 +6,7 @@ import climp
 from climp.models.freeze import layer_groups, lock_tower
 
 
-@pytest.mark.parametrize("name", ["climp-tiny", "clip-vit-tiny", "climp-mamba1d-tiny"])
+@pytest.mark.parametrize("name", ["climp-tiny", "clip-vit-tiny", "climp-mamba1d-tiny", "clip-mamba-simba-s"])
 def test_groups_partition_each_tower(name):
     with torch.device("meta"):
         model = climp.create_model(name)

@@ -18,6 +18,7 @@ from torch import nn
 VISION_TOWERS: Dict[str, Tuple[str, str, str]] = {
     "vmamba": ("climp.models.vmamba", "VMambaConfig", "VMambaVisionTower"),
     "mamba1d": ("climp.models.vision1d", "Mamba1DVisionConfig", "Mamba1DVisionTower"),
+    "simba": ("climp.models.simba", "SiMBAConfig", "SiMBAVisionTower"),
     "vit": ("climp.models.vit", "ViTVisionConfig", "ViTVisionTower"),
 }
 TEXT_TOWERS: Dict[str, Tuple[str, str, str]] = {
@@ -39,7 +40,7 @@ def _build_tower(registry: Dict[str, Tuple[str, str, str]], kind: str, cfg: Dict
 
 
 def build_vision_tower(cfg: Dict[str, Any], embed_dim: int) -> nn.Module:
-    """Image tower from a config dict with a "type" key (vmamba, mamba1d, vit)."""
+    """Image tower from a config dict with a "type" key (vmamba, mamba1d, simba, vit)."""
     return _build_tower(VISION_TOWERS, "vision", cfg, embed_dim)
 
 

@@ -25,8 +25,20 @@ def _vmamba_groups(tower: nn.Module) -> Groups:
     return groups + [list(VMAMBA_HEAD_PREFIXES)]
 
 
+def _simba_groups(tower: nn.Module) -> Groups:
+    groups: Groups = [["patch_embed1."]]
+    stages = len(tower.cfg.depths)
+    for s in range(1, stages + 1):
+        blocks = _blocks(getattr(tower, f"block{s}"), f"block{s}")
+        if s < stages:  # the stage norm and the next downsample belong to the stage's last block
+            blocks[-1] += [f"norm{s}.", f"patch_embed{s + 1}."]
+        groups += blocks
+    return groups + [["post_network.", f"norm{stages}.", "head."]]
+
+
 GROUPERS: Dict[str, Callable[[nn.Module], Groups]] = {
     "VMambaVisionTower": _vmamba_groups,
+    "SiMBAVisionTower": _simba_groups,
     "Mamba1DVisionTower": lambda t: [["patch_embed.", "pos_embed"]] + _blocks(t.layers, "layers") + [["norm_f.", "head."]],
     "ViTVisionTower": lambda t: [["conv1.", "class_embedding", "positional_embedding", "ln_pre."]]
     + _blocks(t.transformer.resblocks, "transformer.resblocks") + [["ln_post.", "proj"]],

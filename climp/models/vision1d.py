@@ -1,4 +1,4 @@
-"""1D Mamba image tower (Vim/SiMBA style): patchify conv, row-major token sequence, Mamba blocks.
+"""Flat 1D Mamba image tower (Vim style): patchify conv, row-major token sequence, Mamba blocks.
 
 With `bidirectional` each block runs a forward mixer over the tokens and a second mixer over the
 reversed tokens and sums the two (Vim's bidirectional SSM, with separate parameters per
