@@ -72,6 +72,8 @@ class TruncatingTokenizer:
         return tokens
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "tokenizer":
+            raise AttributeError(name)
         return getattr(self.tokenizer, name)
 
 

@@ -96,6 +96,11 @@ class SkipCounter:
         for reason, key in records:
             self._keys[reason].add(key)
 
+    @property
+    def unkeyed(self) -> int:
+        """Unreadable shards or tar members counted (per occurrence, over all processes)."""
+        return int(self._events.sum())
+
     def counts(self) -> Dict[str, int]:
         """Skipped samples per reason (reasons with zero included)."""
         counts = {reason: len(keys) for reason, keys in self._keys.items()}
