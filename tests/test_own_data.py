@@ -179,3 +179,17 @@ def test_train_on_own_files_end_to_end(own_data, tmp_path):
     assert saved["skipped_by_reason"] == results["skipped_by_reason"]
     table = format_results(results)
     assert "val image->text R@1" in table and "final loss (mean of last 2 steps)" in table
+
+
+def test_config_options_for_own_data(own_data):
+    from climp.train.data import open_train_source
+    assert TrainConfig(csv_separator="tab").csv_separator == "\t"
+    assert TrainConfig(csv_separator="\\t").csv_separator == "\t"
+    with pytest.raises(ValueError, match="max_caption_tokens"):
+        TrainConfig(max_caption_tokens=1)
+    with pytest.raises(ValueError, match="csv_separator"):
+        TrainConfig(csv_separator=";;")
+    with pytest.raises(ValueError, match="--allow-pipe"):
+        open_train_source("pipe:cat shard-{000..001}.tar", transform=None)
+    data = open_train_source(str(own_data / "train.csv"), transform=None)
+    assert len(data) == 19 and data.skips.total == 0  # the missing image is found when loaded

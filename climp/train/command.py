@@ -31,15 +31,16 @@ HELP: Dict[str, str] = {
     "csv_img_key": "caption-table column holding image paths (default: detected: image, "
                    "filepath, file, path, img, image_path)",
     "csv_caption_key": "caption-table column holding captions (default: detected: caption, title, text)",
-    "csv_separator": "caption-table separator (default: detected from the header: , tab ; |)",
+    "csv_separator": "caption-table separator: one character, or 'tab' (default: detected "
+                     "from the header: , tab ; |)",
     "allow_pipe": "allow webdataset 'pipe:CMD' data URLs, which run CMD in a shell",
     "max_caption_tokens": "captions longer than this many tokens are cut (end token kept) in "
                           "training and evaluation, and counted; 0: no cap",
     "val_data": "held-out data evaluated during (--eval-every) and after training: a caption "
                 "table, caption folder or shards (retrieval R@1/5/10), or a folder of class "
                 "folders (zero-shot accuracy on the class names)",
-    "eval_embedded": "also evaluate the embedded benchmark's tasks (default: only when training "
-                     "on it without --val-data)",
+    "eval_embedded": "evaluate the embedded benchmark's tasks also when training on files or "
+                     "with --val-data",
     "train_samples": "number of synthetic training scenes (one epoch)",
     "caption_style": "synthetic captions: short, dense (long, many objects) or mixed",
     "partial_captions": "synthetic data: share of captions naming only some attributes of the "

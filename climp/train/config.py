@@ -81,6 +81,8 @@ class TrainConfig(FromDict):
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.csv_separator in ("tab", "\\t"):
+            self.csv_separator = "\t"
         self.validate()
 
     def validate(self) -> None:
