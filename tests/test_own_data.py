@@ -193,3 +193,26 @@ def test_config_options_for_own_data(own_data):
         open_train_source("pipe:cat shard-{000..001}.tar", transform=None)
     data = open_train_source(str(own_data / "train.csv"), transform=None)
     assert len(data) == 19 and data.skips.total == 0  # the missing image is found when loaded
+
+
+def test_val_data_from_caption_folders_and_shards(own_data):
+    import io
+    import tarfile
+    from climp.train.val_data import is_class_folder_layout, open_val_source
+    transform = lambda image: torch.zeros(3, 8, 8)  # noqa: E731
+    folder = own_data / "val_images"
+    assert not is_class_folder_layout(folder) and is_class_folder_layout(own_data / "classes")
+    (folder / "val0.txt").write_text("first")
+    (folder / "val1.txt").write_text("second")
+    task, pairs = open_val_source(str(folder), transform)
+    assert task is None and len(pairs) == 2 and pairs[1][1] == ["second"]
+    shard = own_data / "val.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in [("a.png", (folder / "val0.png").read_bytes()), ("a.txt", b"one"),
+                           ("b.png", b"not a png"), ("b.txt", b"two"),
+                           ("c.png", (folder / "val1.png").read_bytes()), ("c.txt", b"three")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    task, pairs = open_val_source(str(shard), transform)
+    assert task is None and [pairs[i][1] for i in range(len(pairs))] == [["one"], ["three"]]
