@@ -179,6 +179,7 @@ def test_train_on_own_files_end_to_end(own_data, tmp_path):
     assert saved["skipped_by_reason"] == results["skipped_by_reason"]
     table = format_results(results)
     assert "val image->text R@1" in table and "final loss (mean of last 2 steps)" in table
+    assert "samples skipped: missing_image" in table and "captions cut to 32 tokens" in table
 
 
 def test_config_options_for_own_data(own_data):
