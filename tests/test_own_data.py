@@ -217,3 +217,16 @@ def test_val_data_from_caption_folders_and_shards(own_data):
             tar.addfile(info, io.BytesIO(data))
     task, pairs = open_val_source(str(shard), transform)
     assert task is None and [pairs[i][1] for i in range(len(pairs))] == [["one"], ["three"]]
+
+
+def test_empty_micro_batches_are_passed_over_and_all_bad_data_is_an_error():
+    data = SometimesBroken(n=8, broken=range(4))  # half the micro-batches hold only bad samples
+    stream = BatchStream(data, ImageTextCollate(ClipBpeTokenizer()), batch_size=2, rank=0, world_size=1,
+                         seed=0, equalize=lambda n: n)
+    for _ in range(6):
+        images, _ = stream.next_step()[0]
+        assert images.shape[0] >= 1 and images[:, 0, 0, 0].min() >= 4
+    dead = BatchStream(SometimesBroken(n=4, broken=range(4)), ImageTextCollate(ClipBpeTokenizer()),
+                       batch_size=2, rank=0, world_size=1, seed=0)
+    with pytest.raises(ValueError, match=r"no sample .* whole epoch \(skipped 4 samples \(corrupt_image: 4"):
+        dead.next_step()

@@ -156,6 +156,7 @@ class BatchStream:
         self.skips = getattr(dataset, "skips", None)
         self.truncated_captions = 0
         self.equalize = equalize
+        self._usable_in_epoch = 0
 
     def _account(self, batch: Any) -> Any:
         """Record what the collate function dropped or cut (main process); None if empty."""
@@ -174,9 +175,10 @@ class BatchStream:
                                       self.workers)
 
     def _next_micro_batch(self) -> Any:
+        """The next micro-batch, or None when every sample in it was skipped."""
         while True:
             if self.batches_per_epoch is not None and self.batch_in_epoch >= self.batches_per_epoch:
-                self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+                self._end_epoch()
             if self._iterator is None:
                 self._start_epoch()
             try:
@@ -184,25 +186,40 @@ class BatchStream:
             except StopIteration:
                 if self.batch_in_epoch == 0:
                     raise ValueError("the training data yielded no batches") from None
-                self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+                self._end_epoch()
                 continue
             self.batch_in_epoch += 1
             batch = self._account(batch)
-            if batch is not None:
-                return batch
+            self._usable_in_epoch += batch is not None
+            return batch
+
+    def _end_epoch(self) -> None:
+        if self._usable_in_epoch == 0 and self.batch_in_epoch > 0:
+            summary = self.skips.summary() if self.skips is not None else ""
+            raise ValueError(f"no sample of the training data could be used in a whole epoch ({summary})")
+        self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+        self._usable_in_epoch = 0
 
     def next_step(self) -> List[Any]:
         """The `accum_freq` micro-batches of the next optimiser step.
 
-        Skipped samples leave a micro-batch smaller; with `equalize` (the minimum size over
-        ranks, for the feature all-gather) every rank cuts its micro-batches to that size.
+        Skipped samples leave a micro-batch smaller, and one left empty is passed over. With
+        `equalize` (the minimum over ranks, for the feature all-gather) every rank cuts its
+        micro-batch to the smallest rank's size, and all pass over it when one is empty, so the
+        ranks stay in step.
         """
-        batches = [self._next_micro_batch() for _ in range(self.accum_freq)]
-        if self.equalize is None:
-            return batches
-        sizes = [self.equalize(len(batch[0])) for batch in batches]
-        return [type(batch)(part[:size] for part in batch) if len(batch[0]) > size else batch
-                for batch, size in zip(batches, sizes)]
+        batches: List[Any] = []
+        while len(batches) < self.accum_freq:
+            batch = self._next_micro_batch()
+            size = len(batch[0]) if batch is not None else 0
+            if self.equalize is not None:
+                size = self.equalize(size)
+            if size == 0:
+                continue
+            if len(batch[0]) > size:
+                batch = type(batch)(part[:size] for part in batch)
+            batches.append(batch)
+        return batches
 
 
 def open_train_source(path: str, transform: Callable, csv_img_key: Optional[str] = None,
