@@ -168,13 +168,15 @@ def test_final_loss_is_the_mean_of_the_last_steps():
 def test_train_on_own_files_end_to_end(own_data, tmp_path):
     config = dict(model="climp-tiny", train_data=str(own_data / "train.csv"), val_data=str(own_data / "val.csv"),
                   steps=2, batch_size=19, resolution=32, warmup=1, log_every=1, progress=False, device="cpu",
-                  max_caption_tokens=32, output_dir=str(tmp_path / "runs"), name="own")
+                  max_caption_tokens=32, eval_every=1, output_dir=str(tmp_path / "runs"), name="own")
     results = train(config)  # two epochs of one batch holding all 19 rows
     assert results["skipped_by_reason"] == {"missing_image": 1}  # met twice, one sample
     assert results["truncated_captions"] == 2  # the long caption, once per epoch
     assert results["final_loss_steps"] == 2
     assert set(results["metrics"]) >= {"val/image_to_text_R@1", "val/text_to_image_R@1"}
     assert not any(k.startswith("zeroshot_") for k in results["metrics"])
+    logged = [json.loads(line) for line in (tmp_path / "runs" / "own" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r.get("kind") == "eval" and "val/image_to_text_R@1" in r] == [1, 2]
     saved = json.loads((tmp_path / "runs" / "own" / "results.json").read_text())
     assert saved["skipped_by_reason"] == results["skipped_by_reason"]
     table = format_results(results)
