@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from climp.data.collate import ImageTextCollate
-from climp.data.sources import (CsvDataset, ImageFolderCaptions, SkipCounter,
+from climp.data.sources import (CsvDataset, ImageFolderCaptions, SkipCounter, Skipped,
                                 webdataset_pipeline)
 
 TO_TENSOR = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
@@ -66,7 +66,9 @@ def test_csv_relative_paths_corrupt_missing_and_empty(image_dir):
     assert caption == "a red image" and image.size == (20, 12)
     assert np.asarray(image)[5, 5, 0] > 200
     assert ds[1][1] == "a green image, with a comma"
-    assert ds[2] is None and ds[3] is None and ds[4] is None
+    assert all(isinstance(ds[i], Skipped) for i in (2, 3, 4))
+    assert ds[3].key == f"{csv_path}:5" and ds[3].reason == "missing_image"
+    ds[2], ds[3]  # seen again (a second epoch): still one skip per sample
     counts = ds.skips.counts()
     assert counts["corrupt_image"] == 2 and counts["missing_image"] == 1
     assert ds.skips.total == 4
@@ -86,13 +88,43 @@ def test_csv_errors_name_the_problem(image_dir):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         CsvDataset(image_dir / "nope.csv")
     bad = image_dir / "bad.csv"
-    bad.write_text("path,text\nimgs/red.jpg,x\n")
-    with pytest.raises(ValueError, match=r"\['filepath', 'title'\].*\['path', 'text'\]"):
+    bad.write_text("picture,words\nimgs/red.jpg,x\n")
+    with pytest.raises(ValueError, match=r"bad.csv.*image column.*comma-separated: \['picture', 'words'\]"):
         CsvDataset(bad)
-    tsv = image_dir / "wrong_sep.tsv"
-    tsv.write_text("filepath\ttitle\nimgs/red.jpg\tx\n")
-    with pytest.raises(ValueError, match="separator"):
-        CsvDataset(tsv)
+    with pytest.raises(ValueError, match=r"tab-separated: \['picture,words'\]"):
+        CsvDataset(bad, sep="\t")
+
+
+@pytest.mark.parametrize("sep", [",", "\t", ";", "|"])
+@pytest.mark.parametrize("columns", [("image", "caption"), ("filepath", "title"), ("Path", "Text")])
+def test_csv_separator_and_columns_detected(image_dir, sep, columns):
+    table = image_dir / "data.txt"
+    table.write_text(f"id{sep}{columns[0]}{sep}{columns[1]}\n"
+                     f"7{sep}imgs/red.jpg{sep}\"red{sep} with a separator\"\n")
+    ds = CsvDataset(table)
+    assert ds.captions == [f"red{sep} with a separator"] and ds.paths == [image_dir / "imgs/red.jpg"]
+
+
+def test_csv_huge_field_and_bad_bytes(image_dir):
+    table = image_dir / "long.csv"
+    long_caption = "word " * 40_000  # 200,000 characters, above csv's default field limit
+    table.write_text(f"image,caption\nimgs/red.jpg,{long_caption}\n")
+    assert CsvDataset(table).captions == [long_caption.strip()]
+    latin = image_dir / "latin.csv"
+    latin.write_bytes("image,caption\nimgs/red.jpg,ok\nimgs/red.jpg,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.csv:3: byte 0xe9 is not valid UTF-8"):
+        CsvDataset(latin)
+    folder = image_dir / "imgs"
+    (folder / "red.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(ValueError, match=r"red.txt:1: byte 0xe9"):
+        ImageFolderCaptions(folder)
+
+
+def test_pipe_urls_need_allow_pipe(shards):
+    url = f"pipe:cat {shards / 'shard-000001.tar'}"
+    with pytest.raises(ValueError, match="shell command.*--allow-pipe"):
+        webdataset_pipeline(url)
+    assert len(list(webdataset_pipeline(url, allow_pipe=True))) == 4
 
 
 # ----------------------------------------------------------------------------- folder
@@ -112,8 +144,8 @@ def test_image_folder_captions(image_dir):
     counts = ds.skips.counts()
     assert counts["empty_caption"] == 1 and counts["missing_caption"] == 1
     loaded = [ds[i] for i in range(len(ds))]
-    assert sum(x is None for x in loaded) == 1 and ds.skips.counts()["corrupt_image"] == 1
-    blue = next(x for x in loaded if x is not None and x[1] == "a blue picture")
+    assert sum(isinstance(x, Skipped) for x in loaded) == 1 and ds.skips.counts()["corrupt_image"] == 1
+    blue = next(x for x in loaded if not isinstance(x, Skipped) and x[1] == "a blue picture")
     assert blue[0][2].mean() > 0.9 and blue[0][0].mean() < 0.1
     with pytest.raises(FileNotFoundError):
         ImageFolderCaptions(image_dir / "absent")
@@ -151,7 +183,7 @@ def shards(tmp_path):
 
 def test_webdataset_skips_and_counts(shards):
     pipe = webdataset_pipeline(str(shards / "shard-{000000..000001}.tar"), TO_TENSOR)
-    samples = list(pipe)
+    samples = [s for s in pipe if not isinstance(s, Skipped)]
     captions = sorted(c for _, c in samples)
     assert captions == ["green", "grey 0", "grey 1", "grey 2", "grey 3", "red"]
     assert all(img.shape == (3, 16, 16) for img, _ in samples)
@@ -165,15 +197,18 @@ def test_webdataset_workers_split_shards_and_report_skips(shards):
                                 str(shards / "shard-000001.tar")], TO_TENSOR)
     loader = DataLoader(pipe, batch_size=4, num_workers=2,
                         collate_fn=ImageTextCollate(fake_tokenizer))
-    batches = [b for b in loader if b is not None]
-    assert sum(b[0].shape[0] for b in batches) == 6  # each good sample exactly once
-    assert pipe.skips.total == 3  # counted inside the workers, visible here
+    batches = list(loader)
+    assert sum(len(b[0]) for b in batches if b) == 6  # each good sample exactly once
+    assert pipe.skips.total == 0  # met inside the workers; the markers travel with the batches
+    for batch in batches:
+        pipe.skips.record(batch.skipped)
+    assert pipe.skips.total == 3
 
 
 def test_webdataset_unreadable_shard_is_counted(shards):
     (shards / "garbage.tar").write_bytes(b"not a tar file" * 64)
     pipe = webdataset_pipeline([str(shards / "garbage.tar"), str(shards / "shard-000001.tar")])
-    assert len(list(pipe)) == 4
+    assert len([s for s in pipe if not isinstance(s, Skipped)]) == 4
     assert pipe.skips.counts()["bad_sample"] == 1
 
 
@@ -189,8 +224,12 @@ def test_csv_skip_counts_cross_worker_processes(image_dir):
     ds = CsvDataset(csv_path, transform=TO_TENSOR)
     loader = DataLoader(ds, batch_size=3, num_workers=2,
                         collate_fn=ImageTextCollate(fake_tokenizer))
-    kept = sum(b[0].shape[0] for b in loader if b is not None)
-    assert kept == 6
+    kept = 0
+    for epoch in range(2):  # every bad row is met twice, in either worker
+        for batch in loader:
+            kept += len(batch[0]) if batch else 0
+            ds.skips.record(batch.skipped)
+    assert kept == 12
     assert ds.skips.counts()["corrupt_image"] == 3 and ds.skips.counts()["missing_image"] == 1
 
 
@@ -206,7 +245,7 @@ def test_collate_pads_to_longest_and_drops_none():
     assert tokens.shape == (2, longest) and tokens.dtype == torch.long
     short = len(BPE.encode("a red star")) + 2
     assert tokens[0, short - 1] == 49407 and tokens[0, short:].eq(0).all()
-    assert collate([None, None]) is None
+    assert collate([None, None]) == ()
 
 
 def test_collate_rejects_bad_samples():
@@ -223,11 +262,13 @@ def test_skip_counter():
     skips = SkipCounter()
     assert skips.summary() == "skipped 0 samples"
     skips.add("corrupt_image", "a.jpg")
-    skips.add("corrupt_image", "b.jpg")
-    skips.add("empty_caption")
+    marker = skips.add("corrupt_image", "b.jpg")
+    skips.add("corrupt_image", "b.jpg")  # the same sample again
+    skips.add("empty_caption", "a.jpg")  # the same sample for another reason
+    assert isinstance(marker, Skipped) and marker.key == "b.jpg"
     assert skips.total == 3 and skips.counts()["corrupt_image"] == 2
     assert skips.summary() == "skipped 3 samples (corrupt_image: 2, empty_caption: 1)"
     with pytest.raises(ValueError, match="reason"):
-        skips.add("cosmic_ray")
+        skips.add("cosmic_ray", "x")
     skips.reset()
     assert skips.total == 0

@@ -1,8 +1,9 @@
 """Data: the embedded synthetic-scenes benchmark, real-data sources, and batch collation."""
-from .collate import ImageTextCollate
+from .collate import Batch, ImageTextCollate, TruncatingTokenizer
+from .images import load_image, to_rgb
 from .scenes import (BACKGROUNDS, COLOUR_RGB, HELDOUT_COMBOS, POSITIONS, SHAPES,
                      SIZES, SPURIOUS_BACKGROUND, Scene, SceneObject, render_scene)
-from .sources import (SKIP_REASONS, CsvDataset, ImageFolderCaptions, SkipCounter,
+from .sources import (SKIP_REASONS, CsvDataset, ImageFolderCaptions, SkipCounter, Skipped,
                       webdataset_pipeline)
 from .synthetic import (COLOUR_TEMPLATES, COLOURS, COUNT_CLASSNAMES, COUNT_TEMPLATES,
                         POSITION_TEMPLATES, SHAPE_TEMPLATES, SPLITS, TEMPLATES, CueConflictSet,
@@ -16,5 +17,5 @@ __all__ = [
     "render_scene", "SyntheticScenes", "ZeroShotTask", "zero_shot_tasks", "spurious_task",
     "retrieval_set", "cue_conflict_set", "multi_resolution", "RetrievalSet", "CueConflictSet",
     "CsvDataset", "ImageFolderCaptions", "webdataset_pipeline", "SkipCounter", "SKIP_REASONS",
-    "ImageTextCollate",
+    "ImageTextCollate", "Batch", "TruncatingTokenizer", "Skipped", "load_image", "to_rgb",
 ]

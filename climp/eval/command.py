@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+import torch
+
 from .report import write_report
 from .runner import TASKS, EvalSettings, evaluate
 from .shifts import SHIFTS
@@ -19,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=csv_list, help="model name(s), comma separated")
     parser.add_argument("--checkpoint", action="append", default=None,
                         help="checkpoint per model, in --model order (repeat the flag); omit for random init")
-    parser.add_argument("--tasks", type=csv_list, default=list(TASKS), help=f"subset of {','.join(TASKS)}")
+    parser.add_argument("--tasks", type=csv_list, default=None,
+                        help=f"subset of {','.join(TASKS)} (default: every task that has data)")
+    parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=None,
+                        help="evaluate the embedded benchmark too (default: only when no local data is named)")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--dataset-root", default=None, help="root of local real datasets (nothing downloads)")
     parser.add_argument("--dataset", action="append", default=[], help="real zero-shot dataset name (repeatable)")
@@ -36,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=200, help="embedded benchmark samples per task")
     parser.add_argument("--resolution", type=int, default=None, help="embedded benchmark side (default: model's)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the embedded data and of a model's random initialisation")
     parser.add_argument("--device", default="cpu")
 
 
@@ -46,7 +52,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         dataset_root=args.dataset_root, datasets=args.dataset, split=args.split,
         retrieval_file=args.retrieval_file, dense_file=args.dense_file, image_root=args.image_root,
         ood_root=args.ood_root, ood_in_dataset=args.ood_in_dataset, cue_conflict_root=args.cue_conflict_root,
-        shifts=args.shifts, shift_dataset=args.shift_dataset, resolution_scales=args.resolution_scales))
+        shifts=args.shifts, shift_dataset=args.shift_dataset, resolution_scales=args.resolution_scales,
+        embedded=args.embedded))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,11 +62,14 @@ def run(args: argparse.Namespace) -> int:
     if len(checkpoints) != len(args.model):
         raise ValueError(f"{len(args.model)} models but {len(checkpoints)} --checkpoint flags")
     settings = settings_from_args(args)
+    tasks = args.tasks if args.tasks is not None else settings.tasks_with_data()
+    settings.check_tasks(tasks)
     results = {}
     for name, ckpt in zip(args.model, checkpoints):
+        torch.manual_seed(args.seed)  # a model without a checkpoint is a reproducible random one
         model, _, preprocess = climp.create_model_and_transforms(name, pretrained=ckpt)
         model.to(args.device)
-        results[name] = evaluate(model, climp.get_tokenizer(name), preprocess, args.tasks, settings)
+        results[name] = evaluate(model, climp.get_tokenizer(name), preprocess, tasks, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": vars(settings), "models": dict(zip(args.model, checkpoints)), "results": results}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2))

@@ -1,20 +1,23 @@
 """Real datasets from local roots; nothing here downloads.
 
-Classification: an ImageFolder layout (<root>/<name>/<class>/<image>) with optional
-classnames.json / templates.json beside the class folders, or any dataset CLIP_benchmark's
-`build_dataset` knows, read with download=False from an existing root (class names and templates
-then come from CLIP_benchmark). Captions: JSON [{"image": path, "caption"|"captions": ...}] or CSV
-with columns image, caption (one row per caption). Plain image folders serve as OOD sets.
+Classification: an ImageFolder layout (<root>/<name>[/<split>]/<class>/<image>) with optional
+classnames.json (class names matched to folders by name, or a {folder: name} mapping) and
+templates.json beside the class folders, or any dataset CLIP_benchmark's `build_dataset` knows,
+read with download=False from an existing root (class names and templates then come from
+CLIP_benchmark). Captions: JSON [{"image": path, "caption"|"captions": ...}] or a caption table
+(`climp.data.tables`: the training layout, one row per caption). Plain image folders serve as
+OOD sets. Every image goes through `climp.data.images.load_image`.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from PIL import Image
+
+from climp.data.images import load_image
+from climp.data.tables import read_caption_rows
 
 from .shape_bias import IMAGE_SUFFIXES
 
@@ -49,16 +52,21 @@ def clip_benchmark_resource(filename: str) -> Dict[str, Any]:
 
 
 def read_json_for(path: Path, name: str) -> Optional[Any]:
-    """A JSON file holding either the value itself (a list) or a dict keyed by dataset name."""
+    """A JSON file holding the value itself (a list, or for class names a {folder: name}
+    mapping) or a dict keyed by dataset name holding it."""
     if not path.exists():
         return None
-    value = json.loads(path.read_text())
-    if isinstance(value, dict):
-        if name not in value:
-            raise ValueError(f"{path} has no entry for dataset {name!r} (keys: {sorted(value)[:10]})")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(value, dict) and name in value:
         value = value[name]
+    if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
+        return value
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{path}: expected a non-empty list for {name!r}")
+        raise ValueError(f"{path}: expected a non-empty list (or a {{folder: class name}} mapping) for "
+                         f"dataset {name!r}, or a dict with an entry {name!r}")
     return value
 
 
@@ -67,17 +75,42 @@ def default_templates(name: str) -> List[Any]:
     return list(templates.get(name) or templates.get("imagenet1k") or DEFAULT_TEMPLATES)
 
 
+def _normalised(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def match_classnames(source: Path, folders: Sequence[str], given: Optional[Any]) -> List[str]:
+    """The class name of each class folder, in the folders' (sorted) order.
+
+    Names are matched to folders by name (case, `_` and spaces ignored), never by position; a
+    {folder: class name} mapping names them explicitly. No names given: the folder names.
+    """
+    if given is None:
+        return [f.replace("_", " ") for f in folders]
+    if isinstance(given, dict):
+        missing = [f for f in folders if f not in given]
+        if missing:
+            raise ValueError(f"{source}: no class name for folder(s) {missing[:5]} in the mapping")
+        return [given[f] for f in folders]
+    by_name = {_normalised(str(c)): str(c) for c in given}
+    unmatched = [f for f in folders if _normalised(f) not in by_name]
+    if unmatched or len(given) != len(folders):
+        raise ValueError(
+            f"{source}: {len(given)} class names for {len(folders)} class folders, folder(s) "
+            f"{unmatched[:5]} match no name. Class names are matched to folders by name (case, '_' "
+            "and spaces ignored), never by position: rename the folders, or give a mapping "
+            '{"folder": "class name", ...}')
+    return [by_name[_normalised(f)] for f in folders]
+
+
 def image_folder_set(folder: Path, name: str, transform: Optional[Callable]) -> ClassificationSet:
     from torchvision.datasets import ImageFolder
-    dataset = ImageFolder(str(folder), transform=transform)
-    classnames = read_json_for(folder / "classnames.json", name)
-    if classnames is None:
-        packaged = clip_benchmark_resource("en_classnames.json").get(name)
-        folders = [c.replace("_", " ") for c in dataset.classes]
-        classnames = packaged if packaged and len(packaged) == len(folders) else folders
-    if len(classnames) != len(dataset.classes):
-        raise ValueError(f"{folder}: {len(classnames)} class names for {len(dataset.classes)} class folders")
+    dataset = ImageFolder(str(folder), transform=transform, loader=load_image)
+    given = read_json_for(folder / "classnames.json", name)
+    classnames = match_classnames(folder / "classnames.json", dataset.classes, given)
     templates = read_json_for(folder / "templates.json", name) or default_templates(name)
+    if isinstance(templates, dict):
+        raise ValueError(f"{folder / 'templates.json'}: expected a list of templates")
     return ClassificationSet(name, list(classnames), list(templates), dataset)
 
 
@@ -116,13 +149,11 @@ class CaptionDataset:
 
     def read_items(self) -> List[Tuple[str, List[str]]]:
         grouped: Dict[str, List[str]] = {}
-        if self.path.suffix.lower() == ".csv":
-            with self.path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-                    raise ValueError(f"{self.path}: CSV needs columns 'image' and 'caption', got {reader.fieldnames}")
-                for row in reader:
-                    grouped.setdefault(row["image"], []).append(row["caption"])
+        if self.path.suffix.lower() in (".csv", ".tsv"):
+            for line, image, caption in read_caption_rows(self.path):
+                if not image or not caption:
+                    raise ValueError(f"{self.path}:{line}: empty image or caption")
+                grouped.setdefault(image, []).append(caption)
         elif self.path.suffix.lower() == ".json":
             records = json.loads(self.path.read_text())
             if not isinstance(records, list):
@@ -133,7 +164,7 @@ class CaptionDataset:
                     raise ValueError(f"{self.path}: record {i} needs 'image' and 'caption' or 'captions'")
                 grouped.setdefault(rec["image"], []).extend([caps] if isinstance(caps, str) else list(caps))
         else:
-            raise ValueError(f"caption file must be .json or .csv, got {self.path}")
+            raise ValueError(f"caption file must be .json, .csv or .tsv, got {self.path}")
         return list(grouped.items())
 
     def __len__(self) -> int:
@@ -144,8 +175,7 @@ class CaptionDataset:
         path = self.image_root / image
         if not path.is_file():
             raise FileNotFoundError(f"image {path} listed in {self.path} does not exist")
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        img = load_image(path)
         return (self.transform(img) if self.transform else img), captions
 
 
@@ -164,5 +194,4 @@ class ImageOnlyFolder:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        with Image.open(self.files[i]) as im:
-            return im.convert("RGB"), -1
+        return load_image(self.files[i]), -1

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from climp.data.images import to_rgb
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -34,7 +36,7 @@ def pixels_from_image(image: Any) -> torch.Tensor:
         if image.shape[0] != 3:
             raise ValueError(f"image must have 1 or 3 channels, got {image.shape[0]}")
         return image.float()
-    return v2.functional.to_dtype(v2.functional.to_image(image.convert("RGB")), torch.float32, scale=True)
+    return v2.functional.to_dtype(v2.functional.to_image(to_rgb(image)), torch.float32, scale=True)
 
 
 def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:

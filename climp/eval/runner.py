@@ -27,7 +27,8 @@ EMBEDDED = "embedded"
 
 @dataclass
 class EvalSettings(FromDict):
-    """Data sizes and local data locations; embedded-benchmark data is always evaluated."""
+    """Data sizes and local data locations. `embedded` (None: only when no local data is named)
+    adds the embedded benchmark's data to each task."""
 
     config_label = "eval settings"
     batch_size: int = 64
@@ -48,6 +49,35 @@ class EvalSettings(FromDict):
     shift_dataset: Optional[str] = None  # a real dataset name from `datasets`; default embedded shape task
     resolution_scales: List[int] = field(default_factory=lambda: [1, 2, 4])
     hubness_k: int = 10
+    embedded: Optional[bool] = None
+
+    @property
+    def use_embedded(self) -> bool:
+        if self.embedded is not None:
+            return self.embedded
+        return not any((self.datasets, self.retrieval_file, self.dense_file, self.ood_root,
+                        self.ood_in_dataset, self.cue_conflict_root, self.shift_dataset))
+
+    def tasks_with_data(self) -> List[str]:
+        """The tasks that have data to run on under these settings."""
+        if self.use_embedded:
+            return list(TASKS)
+        has = {"zeroshot": bool(self.datasets), "retrieval": bool(self.retrieval_file),
+               "shifts": bool(self.shift_dataset), "spurious": False,
+               "ood": bool(self.ood_in_dataset), "resolution": bool(self.shift_dataset),
+               "dense": bool(self.dense_file), "hubness": bool(self.retrieval_file),
+               "shape_bias": bool(self.cue_conflict_root)}
+        return [task for task in TASKS if has[task]]
+
+    def check_tasks(self, tasks: Sequence[str]) -> None:
+        """ValueError for unknown tasks or tasks without data (before anything is built)."""
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS)}")
+        without = [t for t in tasks if t not in self.tasks_with_data()]
+        if without:
+            raise ValueError(f"eval task(s) {without} have no data: name their data (see `climp eval "
+                             "--help`) or add the embedded benchmark with --embedded")
 
     def __post_init__(self) -> None:
         for name in self.shifts:
@@ -104,15 +134,17 @@ class Evaluation:
     def zeroshot(self) -> Dict[str, Any]:
         out = {f"{EMBEDDED}/{name}": evaluate_zero_shot(self.model, self.tokenizer, task, self.embedded_fn,
                                                         self.s.batch_size)
-               for name, task in self.embedded_tasks().items()}
+               for name, task in (self.embedded_tasks() if self.s.use_embedded else {}).items()}
         for name in self.s.datasets:
             out[name] = evaluate_zero_shot(self.model, self.tokenizer, self.real_set(name), self.real_fn,
                                            self.s.batch_size)
         return out
 
     def retrieval(self) -> Dict[str, Any]:
-        out = {f"{EMBEDDED}/short": evaluate_retrieval(self.model, self.tokenizer, self.embedded_retrieval(),
-                                                       self.embedded_fn, self.s.batch_size)}
+        out = {}
+        if self.s.use_embedded:
+            out[f"{EMBEDDED}/short"] = evaluate_retrieval(self.model, self.tokenizer, self.embedded_retrieval(),
+                                                          self.embedded_fn, self.s.batch_size)
         if self.s.retrieval_file:
             data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
             out[self.s.retrieval_file] = evaluate_retrieval(self.model, self.tokenizer, data, self.real_fn,
@@ -181,9 +213,11 @@ class Evaluation:
                                           make_task, fn_for_side, make_retrieval, self.s.batch_size)}
 
     def dense(self) -> Dict[str, Any]:
-        out = {f"{EMBEDDED}/dense": evaluate_dense_retrieval(self.model, self.tokenizer,
-                                                             self.embedded_retrieval("dense"), self.embedded_fn,
-                                                             self.s.batch_size)}
+        out = {}
+        if self.s.use_embedded:
+            out[f"{EMBEDDED}/dense"] = evaluate_dense_retrieval(self.model, self.tokenizer,
+                                                                self.embedded_retrieval("dense"), self.embedded_fn,
+                                                                self.s.batch_size)
         if self.s.dense_file:
             data = real.CaptionDataset(self.s.dense_file, self.s.image_root)
             out[self.s.dense_file] = evaluate_dense_retrieval(self.model, self.tokenizer, data, self.real_fn,
@@ -191,8 +225,10 @@ class Evaluation:
         return out
 
     def hubness(self) -> Dict[str, Any]:
-        out = {f"{EMBEDDED}/short": evaluate_hubness(self.model, self.tokenizer, self.embedded_retrieval(),
-                                                     self.embedded_fn, self.s.batch_size, self.s.hubness_k)}
+        out = {}
+        if self.s.use_embedded:
+            out[f"{EMBEDDED}/short"] = evaluate_hubness(self.model, self.tokenizer, self.embedded_retrieval(),
+                                                        self.embedded_fn, self.s.batch_size, self.s.hubness_k)
         if self.s.retrieval_file:
             data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
             out[self.s.retrieval_file] = evaluate_hubness(self.model, self.tokenizer, data, self.real_fn,
@@ -200,9 +236,11 @@ class Evaluation:
         return out
 
     def shape_bias(self) -> Dict[str, Any]:
-        data = self.synthetic.cue_conflict_set(self.s.num_samples, self.side, self.s.seed)
-        out = {f"{EMBEDDED}/cue_conflict": evaluate_shape_bias(self.model, self.tokenizer, data, data.classnames,
-                                                               data.templates, self.embedded_fn, self.s.batch_size)}
+        out = {}
+        if self.s.use_embedded:
+            data = self.synthetic.cue_conflict_set(self.s.num_samples, self.side, self.s.seed)
+            out[f"{EMBEDDED}/cue_conflict"] = evaluate_shape_bias(self.model, self.tokenizer, data, data.classnames,
+                                                                  data.templates, self.embedded_fn, self.s.batch_size)
         if self.s.cue_conflict_root:
             folder = CueConflictFolder(self.s.cue_conflict_root)
             out[self.s.cue_conflict_root] = evaluate_shape_bias(self.model, self.tokenizer, folder, folder.classnames,
@@ -213,12 +251,11 @@ class Evaluation:
 
 def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Optional[Callable],
              tasks: Sequence[str], settings: Optional[EvalSettings | Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Run the named tasks (see TASKS); preprocess (PIL -> normalised tensor, a Compose ending in
+    """Run the named tasks (see TASKS) on the data the settings name, and on the embedded benchmark
+    when `settings.use_embedded`; preprocess (PIL -> normalised tensor, a Compose ending in
     Normalize) is used for real data, None resizes to the model's side with CLIP normalisation."""
     if settings is None or isinstance(settings, Mapping):
         settings = EvalSettings.from_dict(dict(settings or {}))
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS)}")
+    settings.check_tasks(tasks)
     run = Evaluation(model, tokenizer, preprocess, settings)
     return {task: getattr(run, task)() for task in tasks}

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
-from PIL import Image
+from climp.data.images import load_image
 
 from .features import ImageFn, Template
 from .zeroshot import zero_shot_logits
@@ -62,8 +62,7 @@ class CueConflictFolder:
 
     def __getitem__(self, i: int):
         path, shape, texture = self.samples[i]
-        with Image.open(path) as im:
-            return im.convert("RGB"), shape, texture
+        return load_image(path), shape, texture
 
 
 def evaluate_shape_bias(model: torch.nn.Module, tokenizer: Callable, dataset: Any, classnames: Sequence[str],

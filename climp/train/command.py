@@ -28,9 +28,19 @@ HELP: Dict[str, str] = {
     "data": "training data: 'synthetic' (embedded scenes) or 'files' (set by --train-data)",
     "train_data": "a CSV file, an image folder with captions, or webdataset shards "
                   "such as 'shards-{000..009}.tar' (implies --data files)",
-    "csv_img_key": "CSV column holding image paths",
-    "csv_caption_key": "CSV column holding captions",
-    "csv_separator": "CSV field separator",
+    "csv_img_key": "caption-table column holding image paths (default: detected: image, "
+                   "filepath, file, path, img, image_path)",
+    "csv_caption_key": "caption-table column holding captions (default: detected: caption, title, text)",
+    "csv_separator": "caption-table separator: one character, or 'tab' (default: detected "
+                     "from the header: , tab ; |)",
+    "allow_pipe": "allow webdataset 'pipe:CMD' data URLs, which run CMD in a shell",
+    "max_caption_tokens": "captions longer than this many tokens are cut (end token kept) in "
+                          "training and evaluation, and counted; 0: no cap",
+    "val_data": "held-out data evaluated during (--eval-every) and after training: a caption "
+                "table, caption folder or shards (retrieval R@1/5/10), or a folder of class "
+                "folders (zero-shot accuracy on the class names)",
+    "eval_embedded": "evaluate the embedded benchmark's tasks also when training on files or "
+                     "with --val-data",
     "train_samples": "number of synthetic training scenes (one epoch)",
     "caption_style": "synthetic captions: short, dense (long, many objects) or mixed",
     "partial_captions": "synthetic data: share of captions naming only some attributes of the "
@@ -76,12 +86,12 @@ CHOICES = {"loss": LOSSES, "precision": PRECISIONS, "caption_style": CAPTION_STY
 GROUPS = {
     "model": ("model", "grad_checkpointing", "image_pretrained", "text_pretrained", "lock_image",
               "lock_text", "lr_image_mult", "lr_text_mult"),
-    "data": ("data", "train_data", "csv_img_key", "csv_caption_key", "csv_separator",
-             "train_samples", "caption_style", "partial_captions", "hard_negatives", "resolution", "workers"),
+    "data": ("data", "train_data", "val_data", "csv_img_key", "csv_caption_key", "csv_separator",
+             "allow_pipe", "max_caption_tokens", "train_samples", "caption_style", "partial_captions", "hard_negatives", "resolution", "workers"),
     "optimisation": ("steps", "batch_size", "accum_freq", "lr", "warmup", "weight_decay",
                      "beta1", "beta2", "eps", "grad_clip", "loss", "local_loss",
                      "gather_with_grad", "precision", "ema_decay", "seed"),
-    "evaluation and output": ("eval_every", "eval_samples", "retrieval_samples", "log_every",
+    "evaluation and output": ("eval_every", "eval_embedded", "eval_samples", "retrieval_samples", "log_every",
                               "save_every", "name", "output_dir", "resume", "tensorboard",
                               "progress", "device"),
 }
@@ -97,7 +107,7 @@ def _value_type(field_type: Any, default: Any):
 
 def _metavar(name: str, default: Any) -> str:
     if isinstance(default, bool) or not isinstance(default, (int, float)):
-        return {"train_data": "PATH", "resume": "CKPT", "output_dir": "DIR", "image_pretrained": "PATH",
+        return {"train_data": "PATH", "val_data": "PATH", "resume": "CKPT", "output_dir": "DIR", "image_pretrained": "PATH",
                 "text_pretrained": "PATH"}.get(name, "STR")
     return "N" if isinstance(default, int) else "X"
 

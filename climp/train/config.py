@@ -37,9 +37,13 @@ class TrainConfig(FromDict):
     # data
     data: str = "synthetic"
     train_data: Optional[str] = None
-    csv_img_key: str = "filepath"
-    csv_caption_key: str = "title"
-    csv_separator: str = "\t"
+    csv_img_key: Optional[str] = None
+    csv_caption_key: Optional[str] = None
+    csv_separator: Optional[str] = None
+    allow_pipe: bool = False
+    max_caption_tokens: int = 256
+    val_data: Optional[str] = None
+    eval_embedded: bool = False
     train_samples: int = 20_000
     caption_style: str = "short"
     partial_captions: float = 0.0
@@ -77,6 +81,8 @@ class TrainConfig(FromDict):
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.csv_separator in ("tab", "\\t"):
+            self.csv_separator = "\t"
         self.validate()
 
     def validate(self) -> None:
@@ -91,7 +97,8 @@ class TrainConfig(FromDict):
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        non_negative = ("warmup", "weight_decay", "grad_clip", "workers", "eval_every", "save_every")
+        non_negative = ("warmup", "weight_decay", "grad_clip", "workers", "eval_every", "save_every",
+                        "max_caption_tokens")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -111,8 +118,18 @@ class TrainConfig(FromDict):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.data not in ("synthetic", "files"):
             raise ValueError(f"data={self.data!r} is not one of ('synthetic', 'files')")
+        if self.max_caption_tokens == 1:
+            raise ValueError("max_caption_tokens must be 0 (no cap) or >= 2 (start and end tokens)")
+        if self.csv_separator is not None and len(self.csv_separator) != 1:
+            raise ValueError(f"csv_separator must be one character, got {self.csv_separator!r}")
         if self.data == "files" and not self.train_data:
             raise ValueError("data='files' needs train_data (a CSV, an image folder or shards)")
+
+    @property
+    def embedded_eval(self) -> bool:
+        """Evaluate the embedded tasks: when asked, or when neither training nor validation
+        data are files."""
+        return self.eval_embedded or (self.data == "synthetic" and not self.val_data)
 
     @property
     def run_name(self) -> str:

@@ -71,9 +71,8 @@ class EpochBatchOrder(Sampler[List[Tuple[int, int]]]):
 class SeededSamples(Dataset):
     """Wraps a map-style dataset so each item is produced under its own torch seed.
 
-    A sample the source cannot load (it returns None and counts the skip) is replaced by the
-    next loadable index, so every rank's batch keeps its size (the feature all-gather needs
-    equal sizes) and the replacement is as deterministic as the order.
+    A sample the source cannot load comes back as its `Skipped` marker, which the collate
+    function drops: the batch is one smaller, never filled with a duplicate.
     """
 
     def __init__(self, dataset: Dataset):
@@ -84,13 +83,9 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: Tuple[int, int]) -> Any:
         index, seed = key
-        for offset in range(len(self.dataset)):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + offset)
-                sample = self.dataset[(index + offset) % len(self.dataset)]
-            if sample is not None:
-                return sample
-        raise ValueError("no sample of the training data could be loaded")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def is_map_style(dataset: Any) -> bool:
@@ -140,7 +135,8 @@ class BatchStream:
 
     def __init__(self, dataset: Any, collate_fn: Callable[[Sequence[Any]], Any], batch_size: int,
                  rank: int, world_size: int, seed: int, accum_freq: int = 1, workers: int = 0,
-                 epoch: int = 0, batch_in_epoch: int = 0):
+                 epoch: int = 0, batch_in_epoch: int = 0,
+                 equalize: Optional[Callable[[int], int]] = None):
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.batch_size = batch_size
@@ -157,6 +153,17 @@ class BatchStream:
             raise ValueError(f"dataset of {len(dataset)} samples holds no full optimiser step of "
                              f"{batch_size} x {world_size} ranks x {accum_freq} accumulation")
         self._iterator: Optional[Iterator[Any]] = None
+        self.skips = getattr(dataset, "skips", None)
+        self.truncated_captions = 0
+        self.equalize = equalize
+        self._usable_in_epoch = 0
+
+    def _account(self, batch: Any) -> Any:
+        """Record what the collate function dropped or cut (main process); None if empty."""
+        if self.skips is not None:
+            self.skips.record(getattr(batch, "skipped", ()))
+        self.truncated_captions += getattr(batch, "truncated", 0)
+        return batch if batch is not None and len(batch) else None
 
     @property
     def position(self) -> dict:
@@ -168,9 +175,10 @@ class BatchStream:
                                       self.workers)
 
     def _next_micro_batch(self) -> Any:
+        """The next micro-batch, or None when every sample in it was skipped."""
         while True:
             if self.batches_per_epoch is not None and self.batch_in_epoch >= self.batches_per_epoch:
-                self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+                self._end_epoch()
             if self._iterator is None:
                 self._start_epoch()
             try:
@@ -178,28 +186,56 @@ class BatchStream:
             except StopIteration:
                 if self.batch_in_epoch == 0:
                     raise ValueError("the training data yielded no batches") from None
-                self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+                self._end_epoch()
                 continue
             self.batch_in_epoch += 1
+            batch = self._account(batch)
+            self._usable_in_epoch += batch is not None
             return batch
 
+    def _end_epoch(self) -> None:
+        if self._usable_in_epoch == 0 and self.batch_in_epoch > 0:
+            summary = self.skips.summary() if self.skips is not None else ""
+            raise ValueError(f"no sample of the training data could be used in a whole epoch ({summary})")
+        self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
+        self._usable_in_epoch = 0
+
     def next_step(self) -> List[Any]:
-        """The `accum_freq` micro-batches of the next optimiser step."""
-        return [self._next_micro_batch() for _ in range(self.accum_freq)]
+        """The `accum_freq` micro-batches of the next optimiser step.
+
+        Skipped samples leave a micro-batch smaller, and one left empty is passed over. With
+        `equalize` (the minimum over ranks, for the feature all-gather) every rank cuts its
+        micro-batch to the smallest rank's size, and all pass over it when one is empty, so the
+        ranks stay in step.
+        """
+        batches: List[Any] = []
+        while len(batches) < self.accum_freq:
+            batch = self._next_micro_batch()
+            size = len(batch[0]) if batch is not None else 0
+            if self.equalize is not None:
+                size = self.equalize(size)
+            if size == 0:
+                continue
+            if len(batch[0]) > size:
+                batch = type(batch)(part[:size] for part in batch)
+            batches.append(batch)
+        return batches
 
 
-def open_train_source(path: str, transform: Callable, csv_img_key: str = "filepath",
-                      csv_caption_key: str = "title", csv_separator: str = "\t",
-                      seed: int = 0, shuffle_buffer: int = 1000) -> Any:
-    """The training source at `path`: a CSV/TSV file, an image folder with .txt captions, or
-    webdataset shards ('shards-{000..009}.tar'). Each counts skipped samples in `.skips`."""
+def open_train_source(path: str, transform: Callable, csv_img_key: Optional[str] = None,
+                      csv_caption_key: Optional[str] = None, csv_separator: Optional[str] = None,
+                      seed: int = 0, shuffle_buffer: int = 1000, allow_pipe: bool = False) -> Any:
+    """The training source at `path`: a caption table (CSV/TSV; separator and columns detected
+    unless given), an image folder with .txt captions, or webdataset shards
+    ('shards-{000..009}.tar'). Each counts skipped samples in `.skips`."""
     from climp.data import sources
 
     if ".tar" in path:
-        return sources.webdataset_pipeline(path, transform, shuffle=shuffle_buffer, seed=seed)
+        return sources.webdataset_pipeline(path, transform, shuffle=shuffle_buffer, seed=seed,
+                                           allow_pipe=allow_pipe)
     if Path(path).is_dir():
         return sources.ImageFolderCaptions(path, transform=transform)
-    if Path(path).suffix.lower() in (".csv", ".tsv"):
+    if Path(path).suffix.lower() in (".csv", ".tsv", ".txt"):
         return sources.CsvDataset(path, img_key=csv_img_key, caption_key=csv_caption_key,
                                   sep=csv_separator, transform=transform)
     if not Path(path).exists():

@@ -79,6 +79,15 @@ def sum_across_ranks(value: int, context: DistributedContext) -> int:
     return int(tensor.item())
 
 
+def min_across_ranks(value: int, context: DistributedContext) -> int:
+    """All-reduce minimum of an integer (identity when running alone)."""
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def gather_objects(obj: Any, context: DistributedContext) -> List[Any]:
     """Every rank's `obj`, in rank order (a one-element list when running alone)."""
     if not context.enabled:

@@ -1,8 +1,8 @@
 """The small evaluation run during and after training: zero-shot accuracy and R@1/5/10.
 
 The full evaluation suite lives in `climp.eval`; this module only needs the embedded tasks'
-contract: zero-shot tasks with `classnames`, `templates` (format strings with one `{}` or
-callables) and a dataset of (image, label); a retrieval set of (image, list of captions).
+contract: zero-shot tasks with `classnames`, `templates` (format strings with `{}` or `{c}`, or
+callables) and a dataset of (image, label); retrieval sets of (image, list of captions).
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from climp.eval.retrieval import class_level_recall
+
 RECALL_KS = (1, 5, 10)
 
 
 def _fill(template: Any, classname: str) -> str:
-    return template(classname) if callable(template) else template.format(classname)
+    return template(classname) if callable(template) else template.format(classname, c=classname)
 
 
 def _stack_pairs(batch: Sequence[Tuple[torch.Tensor, Any]]) -> Tuple[torch.Tensor, List[Any]]:
@@ -97,21 +99,32 @@ def retrieval_recall(model: nn.Module, tokenizer: Callable, dataset: Any, device
             num_images += 1
     images_all = torch.cat(image_features)
     text_features = encode_texts(model, tokenizer, captions, device, batch_size)
-    return recall_at_k(images_all @ text_features.T, torch.tensor(owners), ks)
+    owner = torch.tensor(owners)
+    metrics = recall_at_k(images_all @ text_features.T, owner, ks)
+    metrics.update(class_level_recall(images_all.cpu(), text_features.cpu(), owner, captions, tuple(ks)))
+    return metrics
 
 
 def quick_evaluate(model: nn.Module, tokenizer: Callable, zero_shot_tasks: Mapping[str, Any],
                    retrieval_set: Any, device: torch.device,
                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Dict[str, float]:
-    """Zero-shot accuracy per task (`zeroshot_<name>`) and retrieval recalls, model in eval mode."""
+    """Zero-shot accuracy per task (`zeroshot_<name>`) and retrieval recalls, model in eval mode.
+
+    `retrieval_set` is one dataset, None, or a mapping {name: dataset} whose metrics are
+    prefixed `<name>/` (the name "" keeps them unprefixed).
+    """
     was_training = model.training
     model.eval()
     try:
         with autocast():
             metrics = {f"zeroshot_{name}": zero_shot_accuracy(model, tokenizer, task, device)
                        for name, task in zero_shot_tasks.items()}
-            if retrieval_set is not None:
-                metrics.update(retrieval_recall(model, tokenizer, retrieval_set, device))
+            sets = retrieval_set if isinstance(retrieval_set, Mapping) else {"": retrieval_set}
+            for name, dataset in sets.items():
+                if dataset is not None:
+                    prefix = f"{name}/" if name else ""
+                    metrics.update({prefix + key: value for key, value in
+                                    retrieval_recall(model, tokenizer, dataset, device).items()})
     finally:
         model.train(was_training)
     return metrics

@@ -15,8 +15,9 @@ import json
 import math
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,13 +28,16 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import BatchStream, open_train_source
 from .distributed import (DistributedContext, barrier, gather_objects, init_distributed,
-                          mean_across_ranks, shutdown_distributed, sum_across_ranks)
+                          mean_across_ranks, min_across_ranks, shutdown_distributed,
+                          sum_across_ranks)
 from .ema import ModelEma
 from .loss import MAX_LOGIT_SCALE, create_loss, logit_init_overrides
 from .metrics_log import MetricsLogger, plot_loss_curve, read_metrics
 from .optim import create_optimizer, create_scheduler
 from .precision import autocast, grad_scaler
 from .quick_eval import quick_evaluate
+
+FINAL_LOSS_STEPS = 20  # the reported final loss is the mean over this many last steps
 
 
 @dataclass
@@ -45,16 +49,15 @@ class TrainComponents:
     train_dataset: Any
     collate_fn: Callable[[Sequence[Any]], Any]
     zero_shot_tasks: Mapping[str, Any] = field(default_factory=dict)
-    retrieval_set: Any = None
+    retrieval_set: Any = None  # a dataset, or {name: dataset} (metrics prefixed "<name>/")
     model_cfg: Dict[str, Any] = field(default_factory=dict)
-    skipped_samples: Callable[[], int] = lambda: 0
 
 
 def build_components(config: TrainConfig) -> TrainComponents:
     """Model, tokenizer, training data and held-out eval data named by `config` (lazy imports)."""
     import climp
     from climp.data import synthetic
-    from climp.data.collate import ImageTextCollate
+    from climp.data.collate import ImageTextCollate, TruncatingTokenizer
 
     model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
         config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
@@ -63,7 +66,7 @@ def build_components(config: TrainConfig) -> TrainComponents:
         model.lock_image_tower(config.lock_image)
     if config.lock_text >= 0:
         model.lock_text_tower(config.lock_text)
-    tokenizer = climp.get_tokenizer(model)
+    tokenizer = TruncatingTokenizer(climp.get_tokenizer(model), config.max_caption_tokens or None)
     if config.data == "synthetic":
         train_dataset = synthetic.SyntheticScenes(
             split="train", num_samples=config.train_samples, resolution=config.resolution,
@@ -71,18 +74,46 @@ def build_components(config: TrainConfig) -> TrainComponents:
             partial_captions=config.partial_captions, hard_negatives=config.hard_negatives)
     else:
         train_dataset = open_train_source(config.train_data, preprocess_train, config.csv_img_key,
-                                          config.csv_caption_key, config.csv_separator, config.seed)
-    tasks = synthetic.zero_shot_tasks(split="test", num_samples=config.eval_samples,
-                                      resolution=config.resolution, seed=config.seed,
-                                      transform=preprocess_val)
-    retrieval = synthetic.retrieval_set(split="test", num_samples=config.retrieval_samples,
-                                        resolution=config.resolution, seed=config.seed,
-                                        transform=preprocess_val)
-    skips = getattr(train_dataset, "skips", None)
+                                          config.csv_caption_key, config.csv_separator, config.seed,
+                                          allow_pipe=config.allow_pipe)
+    tasks, retrieval = eval_sets(config, preprocess_val)
     return TrainComponents(model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                           collate_fn=ImageTextCollate(tokenizer), zero_shot_tasks=tasks,
-                           retrieval_set=retrieval, model_cfg=model.config,
-                           skipped_samples=(lambda: skips.total) if skips is not None else (lambda: 0))
+                           collate_fn=ImageTextCollate(tokenizer.tokenizer, config.max_caption_tokens or None),
+                           zero_shot_tasks=tasks, retrieval_set=retrieval, model_cfg=model.config)
+
+
+def eval_sets(config: TrainConfig, transform: Callable) -> tuple:
+    """(zero-shot tasks, {name: retrieval set}) of the evaluation: the --val-data's (zero-shot
+    task "val" or retrieval set "val") and the embedded benchmark's when `config.embedded_eval`."""
+    from climp.data import synthetic
+
+    from .val_data import open_val_source
+
+    tasks: Dict[str, Any] = {}
+    retrieval: Dict[str, Any] = {}
+    if config.embedded_eval:
+        tasks.update(synthetic.zero_shot_tasks(split="test", num_samples=config.eval_samples,
+                                               resolution=config.resolution, seed=config.seed,
+                                               transform=transform))
+        retrieval[""] = synthetic.retrieval_set(split="test", num_samples=config.retrieval_samples,
+                                                resolution=config.resolution, seed=config.seed,
+                                                transform=transform)
+    if config.val_data:
+        task, pairs = open_val_source(config.val_data, transform, config.csv_img_key,
+                                      config.csv_caption_key, config.csv_separator, config.allow_pipe)
+        if task is not None:
+            tasks["val"] = task
+        if pairs is not None:
+            retrieval["val"] = pairs
+    return tasks, retrieval
+
+
+def smoothed_loss(recent: Sequence[float], last: float) -> Dict[str, Any]:
+    """The final loss as the mean over the last steps (one batch's loss is noisy), with the
+    window and the last step's own loss."""
+    values = list(recent) or [last]
+    return {"final_loss": sum(values) / len(values), "final_loss_steps": len(values),
+            "last_step_loss": last}
 
 
 def _seed_everything(seed: int) -> None:
@@ -131,7 +162,8 @@ class Trainer:
         self.step = 0
         self.stream = BatchStream(self.components.train_dataset, self.components.collate_fn,
                                   config.batch_size, self.context.rank, self.context.world_size,
-                                  config.seed, config.accum_freq, config.workers)
+                                  config.seed, config.accum_freq, config.workers,
+                                  equalize=lambda size: min_across_ranks(size, self.context))
         self.checkpoint_root = config.run_dir / "checkpoints"
         self.logger = MetricsLogger(config.run_dir, config.tensorboard) if self.context.is_main else None
         self.train_seconds = 0.0
@@ -280,12 +312,14 @@ class Trainer:
                    disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
         window_start, window_steps = time.perf_counter(), 0
         loss = torch.tensor(float("nan"))
+        recent_losses: Deque[float] = deque(maxlen=FINAL_LOSS_STEPS)
         while self.step < config.steps:
             step_start = time.perf_counter()
             loss = self.train_step(self.stream.next_step())
             self.train_seconds += time.perf_counter() - step_start
             window_steps += 1
             bar.update(1)
+            recent_losses.append(loss.item())
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; "
                                          "lower --lr or use --precision fp32")
@@ -310,16 +344,31 @@ class Trainer:
         bar.close()
         self.save()
         metrics = self.evaluate()
-        skipped = sum_across_ranks(self.components.skipped_samples(), self.context)
+        data_report = self._data_report()
         results: Dict[str, Any] = {}
         if self.context.is_main:
-            results = self._write_results(metrics, loss.item(), skipped,
+            results = self._write_results(metrics, smoothed_loss(recent_losses, loss.item()), data_report,
                                           time.perf_counter() - run_start)
             self.logger.close()
         return results
 
-    def _write_results(self, metrics: Dict[str, float], final_loss: float, skipped: int,
-                       wall_seconds: float) -> Dict[str, Any]:
+    def _data_report(self) -> Dict[str, Any]:
+        """Skipped samples by reason (distinct samples, merged over ranks) and cut captions."""
+        from climp.data.sources import SkipCounter
+
+        own = self.stream.skips
+        merged = SkipCounter()
+        for records in gather_objects(own.records() if own is not None else [], self.context):
+            merged.merge(records)
+        counts = merged.counts()
+        counts["bad_sample"] += sum_across_ranks(own.unkeyed if own is not None else 0, self.context)
+        counts = {reason: n for reason, n in counts.items() if n}
+        return {"skipped_samples": sum(counts.values()), "skipped_by_reason": counts,
+                "truncated_captions": sum_across_ranks(self.stream.truncated_captions, self.context),
+                "max_caption_tokens": self.config.max_caption_tokens}
+
+    def _write_results(self, metrics: Dict[str, float], final_loss: Mapping[str, Any],
+                       data_report: Mapping[str, Any], wall_seconds: float) -> Dict[str, Any]:
         config = self.config
         results = {
             "model": config.model,
@@ -328,11 +377,11 @@ class Trainer:
             "global_batch": self.global_batch,
             "samples_seen": self.step * self.global_batch,
             "world_size": self.context.world_size,
-            "final_loss": final_loss,
+            **final_loss,
             "train_seconds": self.train_seconds,
             "wall_seconds": wall_seconds,
             "ema": self.ema is not None,
-            "skipped_samples": skipped,
+            **data_report,
             "metrics": metrics,
             "checkpoint": str(ckpt.resolve_checkpoint("latest", self.checkpoint_root)),
         }
@@ -352,12 +401,23 @@ def format_results(results: Mapping[str, Any]) -> str:
         for k in (1, 5, 10):
             if f"{key}_R@{k}" in metrics:
                 rows.append((f"{label} R@{k}", f"{100 * metrics[f'{key}_R@{k}']:.1f}%"))
-    rows += [("final loss", f"{results['final_loss']:.4f}"),
+    for prefix in sorted({name.split("/")[0] for name in metrics if "/" in name}):
+        for key, label in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
+            for level in ("", "class_"):
+                if f"{prefix}/{level}{key}_R@1" in metrics:
+                    kind = " (class-level)" if level else ""
+                    rows.append((f"{prefix} {label} R@1{kind}", f"{100 * metrics[f'{prefix}/{level}{key}_R@1']:.1f}%"))
+    if not metrics:
+        rows.append(("evaluation", "none: give --val-data or --eval-embedded"))
+    window = results.get("final_loss_steps", 1)
+    rows += [(f"final loss (mean of last {window} steps)", f"{results['final_loss']:.4f}"),
              ("training time", f"{results['train_seconds']:.0f} s"),
              ("wall time incl. evaluation", f"{results['wall_seconds']:.0f} s"),
              ("samples seen", f"{results['samples_seen']}")]
-    if results.get("skipped_samples"):
-        rows.append(("corrupt samples skipped", str(results["skipped_samples"])))
+    for reason, count in results.get("skipped_by_reason", {}).items():
+        rows.append((f"samples skipped: {reason}", str(count)))
+    if results.get("truncated_captions"):
+        rows.append((f"captions cut to {results['max_caption_tokens']} tokens", str(results["truncated_captions"])))
     width = max(len(name) for name, _ in rows)
     lines = [f"{results['model']} ({results['loss']} loss, {results['steps']} steps)"]
     lines += [f"  {name:<{width}}  {value:>8}" for name, value in rows]
