@@ -1,0 +1,292 @@
+"""Loading CLIMP's and CLIP-Mamba's checkpoints as published, with their preprocessing and
+tokenization, checked against files written in the official layouts from small random weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.tokenizer import SimpleTokenizer
+from PIL import Image
+from safetensors.torch import save_file
+
+import climp
+from climp.models import get_model_config
+from climp.models.released import CLIP_MAMBA, read_released, infer_model_name
+from climp.models.vmamba import VMambaConfig, VMambaVisionTower
+
+from released_layouts import (
+    clip_mamba_state,
+    clip_text_shapes,
+    last_one,
+    official_clip_text_features,
+    official_clip_text_ids,
+    official_vmamba_shapes,
+    random_tensor,
+    save_clip_mamba_checkpoint,
+)
+
+SMALL_VISION = {"image_size": 64, "depths": [1, 1, 1, 1], "dims": 8}
+EMBED = 24
+CAPTIONS = ["a red star above a blue circle", "two small green squares",
+            " ".join(["a long caption that runs past the context length"] * 12)]
+
+
+def small_t220(**extra):
+    return dict(embed_dim=EMBED, vision_cfg=SMALL_VISION, text_cfg={"width": 32, "heads": 2, "layers": 2}, **extra)
+
+
+@pytest.fixture(scope="module")
+def clip_mamba_file(tmp_path_factory):
+    state = clip_mamba_state(official_vmamba_shapes([1, 1, 1, 1], 8, gated=True), 64,
+                             clip_text_shapes(32, 2, EMBED), EMBED)
+    path = tmp_path_factory.mktemp("clip_mamba") / "checkpoint_best.pt"
+    save_clip_mamba_checkpoint(state, path, "CLIP_VMamba_T220")
+    return path, state
+
+
+def hand_placed_image_features(state, prefix, projection, images, gated=True, bias=None):
+    """Our VMamba tower with the official vision weights copied in by name, times the projection."""
+    cfg = VMambaConfig.from_dict({**SMALL_VISION, "forward_type": "v2" if gated else "v05_noz", "conv_bias": False,
+                                  "drop_path_rate": 0.0})
+    tower = VMambaVisionTower(cfg, EMBED).eval()
+    own = {k[len(prefix):].replace("classifier.norm.", "norm."): v for k, v in state.items() if k.startswith(prefix)}
+    result = tower.load_state_dict(own, strict=False)
+    assert result.unexpected_keys == [] and sorted(result.missing_keys) == ["head.bias", "head.weight"]
+    with torch.no_grad():
+        return F.linear(tower.forward_features(images), projection, bias)
+
+
+def test_clip_mamba_checkpoint_loads_ema_weights_by_default(clip_mamba_file):
+    path, state = clip_mamba_file
+    model = climp.create_model("clip-mamba-vmamba-t220", pretrained=path, **small_t220()).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model.encode_image(images)
+    want = hand_placed_image_features(state, "visual_e.", state["image_projection_e"].T, images)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    online = hand_placed_image_features(state, "visual.", state["image_projection"].T, images)
+    assert not torch.allclose(got, online, atol=1e-3)  # the twins differ, so the choice is visible
+
+    bpe = SimpleTokenizer()
+    tokenizer = climp.get_tokenizer(model)
+    ids = tokenizer(CAPTIONS)
+    official_ids = official_clip_text_ids(bpe, CAPTIONS)
+    assert ids.shape[1] == 77 and torch.equal(ids, official_ids[:, : ids.shape[1]])
+    assert int(ids[2, -1]) != bpe.eot_token_id  # tokens[:77]: the long caption loses its end token
+    with torch.no_grad():
+        got_text = model.encode_text(ids)
+    want_text = official_clip_text_features(state, official_ids, "_e", heads=2, layers=2)
+    torch.testing.assert_close(got_text, want_text, rtol=1e-5, atol=1e-5)
+    assert model.logit_scale.item() == pytest.approx(float(state["logit_scale"]))
+
+
+def test_clip_mamba_online_weights_on_request(clip_mamba_file):
+    path, state = clip_mamba_file
+    model = climp.create_model("clip-mamba-vmamba-t220", pretrained=path, pretrained_weights="online",
+                               **small_t220()).eval()
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = model.encode_image(images)
+        got_text = model.encode_text(climp.get_tokenizer(model)(CAPTIONS[:1]))
+    torch.testing.assert_close(got, hand_placed_image_features(state, "visual.", state["image_projection"].T, images),
+                               rtol=1e-5, atol=1e-5)
+    want_text = official_clip_text_features(state, official_clip_text_ids(SimpleTokenizer(), CAPTIONS[:1]), "",
+                                            heads=2, layers=2)
+    torch.testing.assert_close(got_text, want_text, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pretrained_weights"):
+        climp.create_model("clip-mamba-vmamba-t220", pretrained=path, pretrained_weights="best", **small_t220())
+
+
+def test_clip_mamba_args_namespace_is_read_and_names_the_model(clip_mamba_file):
+    path, _ = clip_mamba_file
+    state, fmt, meta = read_released(path.parent)  # the directory finds checkpoint_best.pt
+    assert fmt == CLIP_MAMBA and meta["args"]["model"] == "CLIP_VMamba_T220" and meta["epoch"] == 25
+    assert not any(k.startswith("module.") for k in state)
+    assert infer_model_name(state, fmt, meta) == "clip-mamba-vmamba-t220"
+
+
+def test_json_config_derived_from_a_named_config_loads_the_file(clip_mamba_file, tmp_path):
+    path, _ = clip_mamba_file
+    cfg = get_model_config("clip-mamba-vmamba-t220")
+    cfg["embed_dim"] = EMBED
+    cfg["vision_cfg"].update(SMALL_VISION)
+    cfg["text_cfg"].update(width=32, heads=2, layers=2)
+    (tmp_path / "small.json").write_text(json.dumps(cfg))
+    a = climp.create_model(tmp_path / "small.json", pretrained=path).eval()
+    b = climp.create_model("clip-mamba-vmamba-t220", pretrained=path, **small_t220()).eval()
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_mismatches_name_the_keys(clip_mamba_file, tmp_path):
+    path, state = clip_mamba_file
+    # the ungated VMamba-B/S layout has half-width in_proj: the gated T220 file does not fit it
+    with pytest.raises(ValueError, match=r"visual\.layers\.0\.blocks\.0\.op\.in_proj\.weight"):
+        climp.create_model("clip-mamba-vmamba-b", pretrained=path, **small_t220())
+    extra = dict(state, stray_buffer=torch.zeros(1))
+    extra.pop("ln_final_e.bias")
+    save_clip_mamba_checkpoint(extra, tmp_path / "checkpoint.pt", "CLIP_VMamba_T220")
+    with pytest.raises(ValueError) as err:
+        climp.create_model("clip-mamba-vmamba-t220", pretrained=tmp_path / "checkpoint.pt", **small_t220())
+    assert "stray_buffer" in str(err.value) and "text.ln_final.bias" in str(err.value)
+
+
+class Payload:
+    """Pickles as a call that creates a file: evidence of code run by unpickling."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(clip_mamba_file, tmp_path):
+    _, state = clip_mamba_file
+    marker = tmp_path / "ran"
+    bad = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "state_dict": {"module." + k: v for k, v in list(state.items())[:3]},
+                "args": Payload(marker)}, bad)
+    with pytest.raises(ValueError, match=r"refusing to load .*references io\.open\)"):
+        climp.create_model("clip-mamba-vmamba-t220", pretrained=bad, **small_t220())
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- CLIMP
+
+WORDS = ["a", "red", "star", "above", "blue", "circle", "two", "small", "green", "squares"]
+
+
+@pytest.fixture(scope="module")
+def gpt_neox_like_tokenizer(tmp_path_factory):
+    """A tokenizer.json with GPT-NeoX's special tokens (<|endoftext|> 0, <|padding|> 1) and no
+    post-processor, so like GPT-NeoX's it adds no special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<|endoftext|>": 0, "<|padding|>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}, "[UNK]": 12}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path_factory.mktemp("tok")
+    tk.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def climp_release(kind, seed=0):
+    """(file state dict, transformers text backbone) of a small CLIMP release of `kind`."""
+    from transformers import Mamba2Config, Mamba2Model, MambaConfig, MambaModel
+
+    torch.manual_seed(seed)
+    if kind == "climp-mamba1":
+        backbone = MambaModel(MambaConfig(vocab_size=16, hidden_size=16, num_hidden_layers=2, state_size=4,
+                                          expand=2, conv_kernel=4))
+    else:
+        backbone = Mamba2Model(Mamba2Config(vocab_size=16, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                            expand=2, head_dim=16, num_heads=4, n_groups=1, chunk_size=8,
+                                            conv_kernel=4))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    width = backbone.config.hidden_size
+    state = {"vision_encoder." + k: random_tensor(k, shape, gen)
+             for k, shape in official_vmamba_shapes([1, 1, 1, 1], 8, gated=False).items()}
+    state.update({"vision_projection.weight": torch.randn(EMBED, 64, generator=gen) / 8,
+                  "vision_projection.bias": torch.randn(EMBED, generator=gen),
+                  "text_projection.weight": torch.randn(EMBED, width, generator=gen) / width ** 0.5,
+                  "text_projection.bias": torch.randn(EMBED, generator=gen),
+                  "logit_scale": torch.tensor(3.5)})
+    state.update({"text_encoder." + k: v.detach().clone() for k, v in backbone.state_dict().items()})
+    return state, backbone.eval()
+
+
+def small_climp(kind):
+    text = {"vocab_size": 16, "d_model": 16, "n_layer": 2, "d_state": 4} if kind == "climp-mamba1" else \
+        {"vocab_size": 16, "d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 16, "chunk_size": 8}
+    return dict(embed_dim=EMBED, vision_cfg=SMALL_VISION, text_cfg=text)
+
+
+@pytest.mark.parametrize("kind", ["climp-mamba1", "climp-mamba2"])
+def test_climp_release_loads_with_its_tokenization(kind, tmp_path, gpt_neox_like_tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    state, backbone = climp_release(kind)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model = climp.create_model(kind, pretrained=tmp_path, tokenizer=str(gpt_neox_like_tokenizer),
+                               **small_climp(kind)).eval()
+
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = model.encode_image(images)
+    want = hand_placed_image_features(state, "vision_encoder.", state["vision_projection.weight"], images,
+                                      gated=False, bias=state["vision_projection.bias"])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    captions = ["a red star above a blue circle", "two small green squares", "star"]
+    official_tok = PreTrainedTokenizerFast(tokenizer_file=str(gpt_neox_like_tokenizer / "tokenizer.json"),
+                                           pad_token="<|padding|>", eos_token="<|endoftext|>")
+    inputs = official_tok(captions, max_length=max(len(t) for t in captions), padding="max_length",
+                          truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
+        pooled = hidden[torch.arange(len(captions)), last_one(inputs["attention_mask"])]
+        want_text = F.linear(pooled, state["text_projection.weight"], state["text_projection.bias"])
+        ids = climp.get_tokenizer(model)(captions)
+        got_text = model.encode_text(ids)
+    lengths = inputs["attention_mask"].sum(1)
+    for row, n in enumerate(lengths.tolist()):  # the same ids per caption, no end token appended
+        assert ids[row, :n].tolist() == inputs["input_ids"][row, :n].tolist()
+        assert (ids[row, n:] == 1).all()
+    torch.testing.assert_close(got_text, want_text, rtol=1e-4, atol=1e-5)
+
+
+def test_climp_release_mismatch_names_keys(tmp_path):
+    state, _ = climp_release("climp-mamba1")
+    save_file(state, str(tmp_path / "model.safetensors"))
+    # a text tower without the release's projection bias
+    no_bias = small_climp("climp-mamba1")
+    no_bias["text_cfg"]["proj_bias"] = False
+    with pytest.raises(ValueError, match=r"text\.proj\.bias"):
+        climp.create_model("climp-mamba1", pretrained=tmp_path, **no_bias)
+    # a Mamba-1 release into the Mamba-2 model
+    with pytest.raises(ValueError, match=r"text\.backbone\.layers\.0\.mixer\.(dt_bias|x_proj\.weight)"):
+        climp.create_model("climp-mamba2", pretrained=tmp_path, **small_climp("climp-mamba2"))
+    assert infer_model_name(state, "climp-release", {}) == "climp-mamba1"
+    assert infer_model_name(climp_release("climp-mamba2")[0], "climp-release", {}) == "climp-mamba2"
+
+
+def test_climp_tokenizer_needs_the_language_models_tokenizer_json():
+    with pytest.raises(ValueError, match="state-spaces/mamba-1.4b-hf"):
+        climp.get_tokenizer("climp-mamba1")
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def official_transform(name):
+    from torchvision import transforms as T
+
+    normalize = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    if name.startswith("climp-"):  # CLIMP's data/utils.py transform_image(224)
+        return T.Compose([T.Resize((224, 224)), T.ToTensor(), normalize])
+    return T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), normalize])  # CLIP-Mamba's val_transform
+
+
+@pytest.mark.parametrize("name", ["climp-mamba1", "climp-mamba2", "clip-mamba-vmamba-b", "clip-mamba-vmamba-s",
+                                  "clip-mamba-vmamba-t220", "clip-mamba-vit-b-16"])
+def test_preprocessing_equals_the_official_transform(name):
+    small = small_climp(name) if name.startswith("climp-") else {"embed_dim": EMBED}
+    if name == "clip-mamba-vit-b-16":
+        small["vision_cfg"] = {"width": 64, "layers": 1}
+    elif not name.startswith("climp-"):
+        small["vision_cfg"] = {"depths": [1, 1, 1, 1], "dims": 8}
+    small["vision_cfg"] = {**small.get("vision_cfg", {}), "image_size": 224}
+    small["text_cfg"] = {**small.get("text_cfg", {}), **({} if name.startswith("climp-") else
+                                                          {"width": 32, "heads": 2, "layers": 1})}
+    _, _, preprocess = climp.create_model_and_transforms(name, **small)
+    gen = torch.Generator().manual_seed(0)
+    for size in [(300, 200), (180, 410)]:
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=gen, dtype=torch.uint8).numpy()
+        image = Image.fromarray(pixels)
+        torch.testing.assert_close(preprocess(image), official_transform(name)(image), rtol=0, atol=1e-6)
