@@ -57,6 +57,13 @@ def merge_overrides(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
     return cfg
 
 
+def with_local_tokenizer(cfg: Dict[str, Any], directory: Union[str, Path]) -> Dict[str, Any]:
+    """cfg with `tokenizer` set to `directory` when it holds a tokenizer.json and cfg names none."""
+    if "tokenizer" not in cfg and (Path(directory) / "tokenizer.json").is_file():
+        cfg = {**cfg, "tokenizer": str(Path(directory).resolve())}
+    return cfg
+
+
 def model_from_config(cfg: Dict[str, Any]) -> CLIP:
     """Build a CLIP from a config dict (embed_dim, vision_cfg, text_cfg, optional logit inits,
     optional `tokenizer`: a directory or file holding a language model's tokenizer.json,
@@ -105,8 +112,8 @@ def create_model(
         if Path(pretrained).is_dir() and sidecar.is_file():
             cfg = json.loads(sidecar.read_text()).get("model_cfg", cfg)
     cfg = merge_overrides(cfg, overrides)
-    if pretrained is not None and "tokenizer" not in cfg and (Path(pretrained) / "tokenizer.json").is_file():
-        cfg["tokenizer"] = str(Path(pretrained).resolve())
+    if pretrained is not None:
+        cfg = with_local_tokenizer(cfg, pretrained)
     if text_pretrained is not None and cfg["text_cfg"].get("type") in ("mamba", "mamba2"):
         cfg["text_cfg"] = language_model_text_cfg(text_pretrained, cfg["text_cfg"])
         if (Path(text_pretrained) / "tokenizer.json").is_file():
@@ -161,7 +168,7 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
     if isinstance(name, CLIP):
         cfg = name.config
     elif Path(name, CONFIG_SIDECAR).is_file():
-        cfg = json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"]
+        cfg = with_local_tokenizer(json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"], name)
     else:
         cfg = get_model_config(name)
     text_cfg = cfg["text_cfg"]
@@ -177,7 +184,7 @@ def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.de
     meta = json.loads(sidecar.read_text())
     if "model_cfg" not in meta:
         raise ValueError(f"{sidecar} has no 'model_cfg' entry")
-    model = model_from_config(meta["model_cfg"])
+    model = model_from_config(with_local_tokenizer(meta["model_cfg"], path))
     model.model_name = meta.get("model_name", str(path))
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
     if device is not None:

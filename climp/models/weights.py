@@ -5,7 +5,7 @@ import argparse
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Union
+from typing import Any, Dict, Iterable, Mapping, Union
 
 import torch
 from torch import nn
@@ -89,7 +89,14 @@ def _listing(keys: Iterable[str], limit: int = 20) -> str:
 
 def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load every tensor or fail with the missing, unexpected and mis-shaped keys listed."""
-    own = model.state_dict()
+    check_state_dict(model.state_dict(), state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_state_dict(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
+                     source: str = "checkpoint") -> None:
+    """Raise ValueError listing the missing, unexpected and mis-shaped keys of state_dict against
+    a model's own state dict (which may live on the meta device: only names and shapes count)."""
     missing = set(own) - set(state_dict)
     unexpected = set(state_dict) - set(own)
     mis_shaped = [
@@ -106,4 +113,3 @@ def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor]
         if mis_shaped:
             parts.append(f"shape mismatches ({len(mis_shaped)}): {_listing(mis_shaped)}")
         raise ValueError("\n  ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
