@@ -22,6 +22,9 @@ from .zeroshot import evaluate_zero_shot, zero_shot_logits
 from ..dataconfig import FromDict
 
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
+# Tasks that run on local files only (not part of the default task list).
+FILE_TASKS = ("nocaps",)
+RETRIEVAL_KS = (1, 5, 10)
 EMBEDDED = "embedded"
 
 
@@ -39,6 +42,7 @@ class EvalSettings(FromDict):
     datasets: List[str] = field(default_factory=list)  # real zero-shot datasets under dataset_root
     split: str = "test"
     retrieval_file: Optional[str] = None
+    nocaps_file: Optional[str] = None  # NoCaps' COCO-style caption JSON (task "nocaps")
     dense_file: Optional[str] = None
     image_root: Optional[str] = None  # images of caption files; default: the file's folder
     ood_root: Optional[str] = None  # OOD images for the embedded shape task or ood_in_dataset
@@ -78,12 +82,13 @@ class Evaluation:
         self.synthetic = synthetic
         self.model, self.tokenizer, self.s = model.eval(), tokenizer, settings
         self.side = settings.resolution or model_image_side(model)
-        self.embedded_fn = image_pipeline()  # the embedded scenes render at the requested side
         if preprocess is not None:
             self.to_pixels, self.normalize = split_preprocess(preprocess)
         else:
             self.to_pixels = lambda im: resized(pixels_from_image(im), self.side)
             self.normalize = clip_normalize
+        # the embedded scenes render at the requested side; the model's normalisation applies
+        self.embedded_fn = image_pipeline(pixels_from_image, self.normalize)
         self.real_fn = image_pipeline(self.to_pixels, self.normalize)
         self._real_sets: Dict[str, real.ClassificationSet] = {}
 
@@ -118,6 +123,19 @@ class Evaluation:
             out[self.s.retrieval_file] = evaluate_retrieval(self.model, self.tokenizer, data, self.real_fn,
                                                             self.s.batch_size)
         return out
+
+    def nocaps(self) -> Dict[str, Any]:
+        """CLIMP's NoCaps protocol on its validation captions: image retrieval (caption -> image)
+        and text retrieval (image -> any of its captions) recall at 1, 5 and 10."""
+        if not self.s.nocaps_file:
+            raise ValueError("task 'nocaps' needs nocaps_file (--nocaps-file): NoCaps' COCO-style caption JSON, "
+                             "with the images under image_root (--image-root) or beside the file")
+        data = real.CaptionDataset(self.s.nocaps_file, self.s.image_root)
+        r = evaluate_retrieval(self.model, self.tokenizer, data, self.real_fn, self.s.batch_size, RETRIEVAL_KS)
+        out: Dict[str, Any] = {f"image_retrieval_R@{k}": r[f"text_to_image_R@{k}"] for k in RETRIEVAL_KS}
+        out.update({f"text_retrieval_R@{k}": r[f"image_to_text_R@{k}"] for k in RETRIEVAL_KS})
+        out.update(num_images=r["num_images"], num_captions=r["num_captions"])
+        return {self.s.nocaps_file: out}
 
     def shifts(self) -> Dict[str, Any]:
         """Top-1 accuracy per shift and level on the shift dataset."""
@@ -213,12 +231,12 @@ class Evaluation:
 
 def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Optional[Callable],
              tasks: Sequence[str], settings: Optional[EvalSettings | Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Run the named tasks (see TASKS); preprocess (PIL -> normalised tensor, a Compose ending in
+    """Run the named tasks (see TASKS and FILE_TASKS); preprocess (PIL -> normalised tensor, a Compose ending in
     Normalize) is used for real data, None resizes to the model's side with CLIP normalisation."""
     if settings is None or isinstance(settings, Mapping):
         settings = EvalSettings.from_dict(dict(settings or {}))
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS + FILE_TASKS]
     if unknown or not tasks:
-        raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS)}")
+        raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS + FILE_TASKS)}")
     run = Evaluation(model, tokenizer, preprocess, settings)
     return {task: getattr(run, task)() for task in tasks}
