@@ -334,3 +334,62 @@ def test_convert_climp_release_copies_the_tokenizer(tmp_path, gpt_neox_like_toke
     assert ids.tolist() == [[8, 9, 10, 11]]
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(ids), direct.encode_text(ids), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- A-CLIP ViT-B/16 baseline
+
+
+def aclip_state(seed=0):
+    """An A-CLIP ViT checkpoint's state dict: timm ViTs `visual` / `visual_ema`, text twins
+    `transformer_e`, `*_projection_e`, shared embeddings, and the self-supervised heads."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    towers = [VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+              for _ in range(2)]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tower in towers:
+            for p in tower.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    state = {}
+    for name, tower in zip(("visual", "visual_ema"), towers):
+        state.update({f"{name}.{k}": v.detach().clone() for k, v in tower.state_dict().items()})
+    for key, shape in clip_text_shapes(32, 2, EMBED).items():
+        module, _, rest = key.partition(".")
+        value = random_tensor(key, shape, gen)
+        state[key] = value
+        if module in ("transformer", "text_projection"):
+            state[".".join(filter(None, [module + "_e", rest]))] = random_tensor(key, shape, gen)
+    for name in ("image_projection", "image_projection_e"):
+        state[name] = torch.randn(32, EMBED, generator=gen) / 32 ** 0.5
+    state.update({"image_mlp.layer1.weight": torch.randn(16, 32), "image_mlp.bn1.running_mean": torch.zeros(16),
+                  "im_proj_byol.0.weight": torch.randn(16, 32), "im_pred_byol.0.weight": torch.randn(16, 8),
+                  "im_proj_byol_e.0.weight": torch.randn(16, 32), "logit_scale": torch.tensor(4.0)})
+    return state, towers
+
+
+def test_aclip_vit_baseline_loads_with_timm_features(tmp_path):
+    state, (online, ema) = aclip_state()
+    save_clip_mamba_checkpoint(state, tmp_path / "checkpoint_best.pt", "ACLIP_VITB16")
+    small = dict(embed_dim=EMBED, vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
+                                              "head_width": 16},
+                 text_cfg={"width": 32, "heads": 2, "layers": 2})
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ids = official_clip_text_ids(SimpleTokenizer(), CAPTIONS)
+    shared = {k: v for k, v in state.items() if k.split(".")[0] in ("token_embedding", "positional_embedding",
+                                                                   "ln_final")}
+    for weights, tower, suffix in (("ema", ema, "_e"), ("online", online, "")):
+        model = climp.create_model("clip-mamba-vit-b-16", pretrained=tmp_path, pretrained_weights=weights,
+                                   **small).eval()
+        with torch.no_grad():
+            want = tower.eval().forward_features(images)[:, 0] @ state["image_projection" + suffix]
+            torch.testing.assert_close(model.encode_image(images), want, rtol=1e-5, atol=1e-5)
+            view = dict(shared, text_projection=state["text_projection" + suffix])
+            view.update({"transformer." + k.partition(".")[2]: v for k, v in state.items()
+                         if k.startswith(f"transformer{suffix}.")})
+            want_text = official_clip_text_features(view, ids, "", heads=2, layers=2)
+            got_text = model.encode_text(climp.get_tokenizer(model)(CAPTIONS))
+            torch.testing.assert_close(got_text, want_text, rtol=1e-5, atol=1e-5)
+    _, fmt, meta = read_released(tmp_path)
+    assert infer_model_name({}, fmt, meta) == "clip-mamba-vit-b-16"

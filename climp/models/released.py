@@ -10,14 +10,19 @@
   (`visual`, `transformer`, `token_embedding`, `positional_embedding`, `ln_final`,
   `image_projection`, `text_projection`) and EMA (the same names with an `_e` suffix);
   `logit_scale` has no twin. The image projection is a (width, embed) matrix applied as x @ P.
+  Its ViT-B/16 baseline comes from A-CLIP's code, whose checkpoints have the same container and
+  names except: the image tower's twin is `visual_ema` (a timm VisionTransformer), the token and
+  position embeddings and the final norm have no twin, and self-supervised training heads
+  (image_mlp, im_proj_byol, im_pred_byol, im_proj_byol_e) are dropped.
 
-The image tower's keys after the `visual.` prefix keep their names (VMamba's final norm moves
-from `classifier.norm` to `norm`); the projection becomes the tower's `head` Linear.
+The image tower's keys after the `visual.` prefix keep their names, but for VMamba's final norm
+(`classifier.norm` -> `norm`) and timm's ViT names (-> open_clip's); the projection becomes the
+tower's `head` Linear (ViT: open_clip's `proj`).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
 
 import torch
 
@@ -31,7 +36,20 @@ WEIGHT_CHOICES = ("ema", "online")
 
 # Renames of image-tower keys (after the `visual.` prefix) by tower type; other towers' keys
 # are taken as they are.
-VISION_KEY_RENAMES: Dict[str, Tuple[Tuple[str, str], ...]] = {"vmamba": (("classifier.norm.", "norm."),)}
+VISION_KEY_RENAMES: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "vmamba": (("classifier.norm.", "norm."),),
+    # timm's VisionTransformer (A-CLIP's image tower) -> open_clip's
+    "vit": (("patch_embed.proj.", "conv1."), ("blocks.", "transformer.resblocks."), ("norm.", "ln_post."),
+            (".norm1.", ".ln_1."), (".norm2.", ".ln_2."), (".attn.qkv.weight", ".attn.in_proj_weight"),
+            (".attn.qkv.bias", ".attn.in_proj_bias"), (".attn.proj.", ".attn.out_proj."),
+            (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj.")),
+}
+# The tower parameter a (width, embed) image projection P becomes, and whether it is stored
+# transposed (a Linear's weight, computing x @ P) or as it is (open_clip ViT's `proj`).
+VISION_PROJECTION: Dict[str, Tuple[str, bool]] = {"vit": ("proj", False)}
+DEFAULT_PROJECTION = ("head.weight", True)
+# A-CLIP's training-only heads (self-supervised branches), not part of the CLIP model.
+TRAINING_HEADS = ("image_mlp", "im_proj_byol", "im_pred_byol", "im_proj_byol_e")
 
 # CLIP-Mamba's `args.model` -> our named model.
 CLIP_MAMBA_MODELS = {
@@ -41,6 +59,7 @@ CLIP_MAMBA_MODELS = {
     "CLIP_Simba_S": "clip-mamba-simba-s",
     "CLIP_Simba_B": "clip-mamba-simba-b",
     "CLIP_Simba_L": "clip-mamba-simba-l",
+    "ACLIP_VITB16": "clip-mamba-vit-b-16",
 }
 # CLIP-Mamba's text modules -> our text tower's (open_clip TextTransformer) names.
 _CLIP_MAMBA_TEXT = {"transformer": "transformer", "token_embedding": "token_embedding",
@@ -59,10 +78,24 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> Optional[str]:
 
 
 def _rename_vision(key: str, vision_type: str) -> str:
+    """A tower key of the published layout in our tower's names: the first matching prefix rule
+    (a rule starting with a dot renames a part anywhere in the key), then every part rule."""
+    renamed = False
     for old, new in VISION_KEY_RENAMES.get(vision_type, ()):
-        if key.startswith(old):
-            return new + key[len(old):]
+        if old.startswith("."):
+            key = key.replace(old, new)
+        elif not renamed and key.startswith(old):
+            key, renamed = new + key[len(old):], True
     return key
+
+
+def _vision_tensor(key: str, value: torch.Tensor, vision_type: str) -> Tuple[str, torch.Tensor]:
+    """(our name, tensor) of a published image-tower tensor; timm's ViT keeps its class token and
+    position embedding with a leading batch axis that open_clip's do not have."""
+    if vision_type == "vit" and key in ("cls_token", "pos_embed"):
+        name = "class_embedding" if key == "cls_token" else "positional_embedding"
+        return name, value.reshape(-1, value.shape[-1]).squeeze(0)
+    return _rename_vision(key, vision_type), value
 
 
 def climp_release_to_climp(state: Mapping[str, torch.Tensor], vision_type: str = "vmamba") -> Dict[str, torch.Tensor]:
@@ -71,7 +104,8 @@ def climp_release_to_climp(state: Mapping[str, torch.Tensor], vision_type: str =
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("vision_encoder."):
-            out["visual." + _rename_vision(key[len("vision_encoder."):], vision_type)] = value
+            name, value = _vision_tensor(key[len("vision_encoder."):], value, vision_type)
+            out["visual." + name] = value
         elif key.startswith("vision_projection."):
             out["visual.head." + key[len("vision_projection."):]] = value
         elif key.startswith("text_encoder."):
@@ -85,39 +119,55 @@ def climp_release_to_climp(state: Mapping[str, torch.Tensor], vision_type: str =
     return out
 
 
-def _split_module(key: str) -> Tuple[str, str]:
-    """("visual_e", "layers.0...") for "visual_e.layers.0..."; ("logit_scale", "") for a parameter."""
-    head, _, rest = key.partition(".")
-    return head, rest
+def _ema_twin(module: str, present: Set[str]) -> Optional[str]:
+    """The EMA twin of a CLIP-Mamba / A-CLIP module present in a state dict: `<module>_e`
+    (A-CLIP names its image tower's twin `visual_ema`); None for a module without one."""
+    candidates = (module + "_e", "visual_ema") if module == "visual" else (module + "_e",)
+    return next((c for c in candidates if c in present), None)
 
 
 def clip_mamba_to_climp(state: Mapping[str, torch.Tensor], weights: str = "ema",
                         vision_type: str = "vmamba") -> Dict[str, torch.Tensor]:
-    """The EMA (default) or online weights of a CLIP-Mamba state dict (no `module.`) in our names.
+    """The EMA (default) or online weights of a CLIP-Mamba (or A-CLIP) state dict, without
+    `module.`, in our names.
 
-    The image projection P (width, embed) becomes `visual.head.weight` = P^T, so the tower's
-    Linear computes x @ P. The other twin's modules are dropped; anything else keeps its name.
+    Modules without an EMA twin (A-CLIP's token embedding, position embedding and final norm) are
+    shared by both. The image projection P (width, embed) becomes the tower's projection (see
+    VISION_PROJECTION). The unchosen twins and A-CLIP's training heads are dropped; anything
+    else keeps its name, so a strict load names it.
     """
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"pretrained_weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
-    chosen, other = ("_e", "") if weights == "ema" else ("", "_e")
-    if weights == "ema" and "image_projection_e" not in state:
+    present = {key.partition(".")[0] for key in state}
+    if weights == "ema" and _ema_twin("image_projection", present) is None:
         raise ValueError("this CLIP-Mamba checkpoint has no EMA weights (no `_e` keys such as "
                          "image_projection_e); load it with pretrained_weights='online'")
-    picked = {m + chosen: m for m in _CLIP_MAMBA_MODULES}
-    dropped = {m + other for m in _CLIP_MAMBA_MODULES}
+    chosen: Dict[str, str] = {}
+    dropped = set(TRAINING_HEADS)
+    for module in _CLIP_MAMBA_MODULES:
+        twin = _ema_twin(module, present)
+        if twin is None:
+            chosen[module] = module
+        elif weights == "ema":
+            chosen[twin] = module
+            dropped.add(module)
+        else:
+            chosen[module] = module
+            dropped.add(twin)
+    projection, transposed = VISION_PROJECTION.get(vision_type, DEFAULT_PROJECTION)
     out: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        module, rest = _split_module(key)
+        module, _, rest = key.partition(".")
         if module in dropped:
             continue
-        base = picked.get(module)
+        base = chosen.get(module)
         if base is None:  # logit_scale, and anything unknown (a strict load names it)
             out[key] = value
         elif base == "visual":
-            out["visual." + _rename_vision(rest, vision_type)] = value
+            name, value = _vision_tensor(rest, value, vision_type)
+            out["visual." + name] = value
         elif base == "image_projection":
-            out["visual.head.weight"] = value.t().contiguous()
+            out["visual." + projection] = value.t().contiguous() if transposed else value
         else:
             out["text." + ".".join(filter(None, [_CLIP_MAMBA_TEXT[base], rest]))] = value
     return out
