@@ -393,3 +393,25 @@ def test_aclip_vit_baseline_loads_with_timm_features(tmp_path):
             torch.testing.assert_close(got_text, want_text, rtol=1e-5, atol=1e-5)
     _, fmt, meta = read_released(tmp_path)
     assert infer_model_name({}, fmt, meta) == "clip-mamba-vit-b-16"
+
+
+# ----------------------------------------------------------------------------- tokenization rules
+
+
+def test_truncation_rules_and_end_token(gpt_neox_like_tokenizer):
+    from climp.tokenizer import ClipBpeTokenizer, HFTokenizer, tokenizer_from_config
+
+    long = CAPTIONS[2]
+    keep, cut = ClipBpeTokenizer(77), ClipBpeTokenizer(77, truncate="cut")
+    assert keep.encode(long)[-1] == keep.eot_id and cut.encode(long)[-1] != cut.eot_id
+    assert keep.encode(long)[:76] == cut.encode(long)[:76] and len(cut.encode(long)) == 77
+    assert keep.encode("a red star") == cut.encode("a red star")  # short captions: no difference
+    with pytest.raises(ValueError, match="truncate"):
+        ClipBpeTokenizer(77, truncate="drop")
+    plain = HFTokenizer(gpt_neox_like_tokenizer, append_eot=False)
+    assert plain(["a red star", "star"]).tolist() == [[2, 3, 4], [4, 1, 1]]
+    assert HFTokenizer(gpt_neox_like_tokenizer)(["star"]).tolist() == [[4, 0]]
+    with pytest.raises(ValueError, match="always appends"):
+        tokenizer_from_config({"append_eot": False})
+    with pytest.raises(ValueError, match="unknown tokenizer_cfg keys"):
+        climp.create_model("clip-mamba-vmamba-t220", tokenizer_cfg={"pad_side": "left"}, **small_t220())
