@@ -153,3 +153,64 @@ def last_one(mask: torch.Tensor) -> torch.Tensor:
     """CLIMP's pooling position: the last index where the attention mask is 1."""
     length = mask.shape[1]
     return length - 1 - torch.argmax(torch.flip(mask, dims=[1]), dim=1)
+
+
+def _ln_last(x: torch.Tensor, state: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), state[name + ".weight"], state[name + ".bias"])
+
+
+def _official_ss2d(x: torch.Tensor, s: Dict[str, torch.Tensor], p: str, gated: bool) -> torch.Tensor:
+    """VMamba's SS2D forward (forwardv2 + cross_selective_scan), channel-last in and out, with
+    the selective scan as a sequential loop over positions."""
+    x = x @ s[p + "in_proj.weight"].T
+    if gated:
+        x, z = x.chunk(2, dim=-1)
+        z = F.silu(z)
+    x = x.permute(0, 3, 1, 2)
+    x = F.silu(F.conv2d(x, s[p + "conv2d.weight"], None, padding=1, groups=x.shape[1]))
+    batch, dim, height, width = x.shape
+    length = height * width
+    xs = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)
+    xs = torch.cat([xs, xs.flip(-1)], dim=1)  # (B, 4, D, L): rows, columns, and both reversed
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, s[p + "x_proj_weight"])
+    rank, n = s[p + "dt_projs_weight"].shape[2], s[p + "A_logs"].shape[1]
+    dts, Bs, Cs = torch.split(x_dbl, [rank, n, n], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, s[p + "dt_projs_weight"])
+    A = -torch.exp(s[p + "A_logs"]).view(4, dim, n)
+    Ds = s[p + "Ds"].view(4, dim)
+    ys = torch.empty(batch, 4, dim, length)
+    for k in range(4):
+        delta = F.softplus(dts[:, k] + s[p + "dt_projs_bias"][k][:, None])  # (B, D, L)
+        h = torch.zeros(batch, dim, n)
+        for t in range(length):
+            h = torch.exp(delta[:, :, t, None] * A[k]) * h + delta[:, :, t, None] * Bs[:, k, None, :, t] * xs[:, k, :, t, None]
+            ys[:, k, :, t] = (h * Cs[:, k, None, :, t]).sum(-1) + Ds[k] * xs[:, k, :, t]
+    ys = ys[:, 0:2] + ys[:, 2:4].flip(-1)
+    y = ys[:, 0] + ys[:, 1].view(batch, dim, width, height).transpose(2, 3).reshape(batch, dim, length)
+    y = _ln_last(y.transpose(1, 2), s, p + "out_norm").view(batch, height, width, dim)
+    if gated:
+        y = y * z
+    return y @ s[p + "out_proj.weight"].T
+
+
+@torch.no_grad()
+def official_vmamba_features(state: Dict[str, torch.Tensor], prefix: str, images: torch.Tensor,
+                             depths: Sequence[int], gated: bool) -> torch.Tensor:
+    """VMamba's VSSM forward (v2 stem, VSS blocks, v3 downsample, classifier norm + average pool,
+    head removed) from a state dict in VMamba's names, written from VMamba's code."""
+    s = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    x = F.conv2d(images, s["patch_embed.0.weight"], s["patch_embed.0.bias"], stride=2, padding=1)
+    x = F.gelu(_ln_last(x.permute(0, 2, 3, 1), s, "patch_embed.2").permute(0, 3, 1, 2))
+    x = F.conv2d(x, s["patch_embed.5.weight"], s["patch_embed.5.bias"], stride=2, padding=1)
+    x = _ln_last(x.permute(0, 2, 3, 1), s, "patch_embed.7")
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}."
+            x = x + _official_ss2d(_ln_last(x, s, p + "norm"), s, p + "op.", gated)
+            h = F.gelu(F.linear(_ln_last(x, s, p + "norm2"), s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"]))
+            x = x + F.linear(h, s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
+        if i < len(depths) - 1:
+            p = f"layers.{i}.downsample."
+            x = F.conv2d(x.permute(0, 3, 1, 2), s[p + "1.weight"], s[p + "1.bias"], stride=2, padding=1)
+            x = _ln_last(x.permute(0, 2, 3, 1), s, p + "3")
+    return _ln_last(x, s, "classifier.norm").mean(dim=(1, 2))
