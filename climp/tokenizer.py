@@ -129,7 +129,19 @@ class HFTokenizer:
         return pad_sequences([self.encode(t) for t in _as_list(texts)], self.pad_id)
 
 
-TOKENIZER_CFG_KEYS = {"append_eot", "truncate", "context_length", "hf_name"}
+TOKENIZER_CFG_KEYS = {"append_eot", "truncate", "context_length", "hf_name", "padding_side"}
+
+
+def check_tokenizer_cfg(tokenizer_cfg: Mapping[str, Any]) -> None:
+    """Raise ValueError for unknown keys or values of a model config's tokenizer_cfg."""
+    unknown = sorted(set(tokenizer_cfg) - TOKENIZER_CFG_KEYS)
+    if unknown:
+        raise ValueError(f"unknown tokenizer_cfg keys {unknown}; known: {sorted(TOKENIZER_CFG_KEYS)}")
+    if tokenizer_cfg.get("padding_side", "right") != "right":
+        raise ValueError("tokenizer_cfg padding_side must be 'right': text towers pool at the last non-padding "
+                         "token of right-padded rows (left padding would run the padding through the backbone "
+                         "before the caption)")
+    truncate_ids([], None, tokenizer_cfg.get("truncate", "keep_eot"), None)
 
 
 def tokenizer_from_config(tokenizer_cfg: Mapping[str, Any], path: Optional[Union[str, Path]] = None,
@@ -137,12 +149,12 @@ def tokenizer_from_config(tokenizer_cfg: Mapping[str, Any], path: Optional[Union
     """The tokenizer a model config describes: open_clip's BPE, or the tokenizer.json at `path`.
 
     tokenizer_cfg: append_eot (HF tokenizers; the BPE always appends), truncate ("keep_eot" or
-    "cut"), context_length (the truncation length; overrides `context_length`) and hf_name (the
-    language model whose tokenizer.json the model needs; nothing downloads, so `path` must hold it).
+    "cut"), context_length (the truncation length; overrides `context_length`), hf_name (the
+    language model whose tokenizer.json the model needs; nothing downloads, so `path` must hold it)
+    and padding_side ("right", the only side the towers read: they pool at the last non-padding
+    token, and causal towers never see padding that follows a caption).
     """
-    unknown = sorted(set(tokenizer_cfg) - TOKENIZER_CFG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown tokenizer_cfg keys {unknown}; known: {sorted(TOKENIZER_CFG_KEYS)}")
+    check_tokenizer_cfg(tokenizer_cfg)
     max_length = tokenizer_cfg.get("context_length", context_length)
     truncate = tokenizer_cfg.get("truncate", "keep_eot")
     if path is None and tokenizer_cfg.get("hf_name"):

@@ -421,3 +421,5 @@ def test_truncation_rules_and_end_token(gpt_neox_like_tokenizer):
         tokenizer_from_config({"append_eot": False})
     with pytest.raises(ValueError, match="unknown tokenizer_cfg keys"):
         climp.create_model("clip-mamba-vmamba-t220", tokenizer_cfg={"pad_side": "left"}, **small_t220())
+    with pytest.raises(ValueError, match="padding_side must be 'right'"):
+        climp.create_model("clip-mamba-vmamba-t220", tokenizer_cfg={"padding_side": "left"}, **small_t220())

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..tokenizer import TOKENIZER_CFG_KEYS, ClipBpeTokenizer, HFTokenizer, tokenizer_from_config
+from ..tokenizer import ClipBpeTokenizer, HFTokenizer, check_tokenizer_cfg, tokenizer_from_config
 from ..transforms import check_preprocess_cfg, transform_from_config
 from .clip import CLIP
 from .pretrained import (
@@ -75,9 +75,7 @@ def model_from_config(cfg: Dict[str, Any]) -> CLIP:
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
     check_preprocess_cfg(cfg.get("preprocess_cfg", {}))
-    unknown = sorted(set(cfg.get("tokenizer_cfg", {})) - TOKENIZER_CFG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown tokenizer_cfg keys {unknown}; known: {sorted(TOKENIZER_CFG_KEYS)}")
+    check_tokenizer_cfg(cfg.get("tokenizer_cfg", {}))
     model = CLIP(**{k: v for k, v in cfg.items() if k not in data_keys})
     model.config = copy.deepcopy(cfg)
     return model
