@@ -58,8 +58,10 @@ def merge_overrides(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
 
 
 def with_local_tokenizer(cfg: Dict[str, Any], directory: Union[str, Path]) -> Dict[str, Any]:
-    """cfg with `tokenizer` set to `directory` when it holds a tokenizer.json and cfg names none."""
-    if "tokenizer" not in cfg and (Path(directory) / "tokenizer.json").is_file():
+    """cfg with `tokenizer` set to `directory` when the model reads a language model's ids
+    (tokenizer_cfg names `hf_name`), cfg names no tokenizer and the directory holds tokenizer.json."""
+    needs_one = bool(cfg.get("tokenizer_cfg", {}).get("hf_name"))
+    if needs_one and "tokenizer" not in cfg and (Path(directory) / "tokenizer.json").is_file():
         cfg = {**cfg, "tokenizer": str(Path(directory).resolve())}
     return cfg
 
@@ -96,7 +98,7 @@ def create_model(
         the named config, so a model trained with overrides comes back as trained), a weights file,
         an open_clip checkpoint for the ViT/Transformer baselines, or a released CLIMP
         (model.safetensors) or CLIP-Mamba (checkpoint.pt) file as published, recognised by its keys.
-        A tokenizer.json beside it becomes the model's tokenizer.
+        For models that read a language model's ids, a tokenizer.json beside it is their tokenizer.
     pretrained_weights: for CLIP-Mamba files, "ema" (default: the weights the paper evaluates) or
         "online".
     image_pretrained: a VMamba ImageNet checkpoint or an open_clip checkpoint for the image tower.

@@ -61,10 +61,8 @@ CLIP_MAMBA_MODELS = {
     "CLIP_Simba_L": "clip-mamba-simba-l",
     "ACLIP_VITB16": "clip-mamba-vit-b-16",
 }
-# CLIP-Mamba's text modules -> our text tower's (open_clip TextTransformer) names.
-_CLIP_MAMBA_TEXT = {"transformer": "transformer", "token_embedding": "token_embedding",
-                    "positional_embedding": "positional_embedding", "ln_final": "ln_final",
-                    "text_projection": "text_projection"}
+# CLIP-Mamba's text modules: our text tower (open_clip's TextTransformer) has the same names.
+_CLIP_MAMBA_TEXT = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection")
 _CLIP_MAMBA_MODULES = ("visual", "image_projection", *_CLIP_MAMBA_TEXT)
 
 
@@ -169,7 +167,7 @@ def clip_mamba_to_climp(state: Mapping[str, torch.Tensor], weights: str = "ema",
         elif base == "image_projection":
             out["visual." + projection] = value.t().contiguous() if transposed else value
         else:
-            out["text." + ".".join(filter(None, [_CLIP_MAMBA_TEXT[base], rest]))] = value
+            out["text." + ".".join(filter(None, [base, rest]))] = value
     return out
 
 
