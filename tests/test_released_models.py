@@ -423,3 +423,76 @@ def test_truncation_rules_and_end_token(gpt_neox_like_tokenizer):
         climp.create_model("clip-mamba-vmamba-t220", tokenizer_cfg={"pad_side": "left"}, **small_t220())
     with pytest.raises(ValueError, match="padding_side must be 'right'"):
         climp.create_model("clip-mamba-vmamba-t220", tokenizer_cfg={"padding_side": "left"}, **small_t220())
+
+
+# ----------------------------------------------------------------------------- full-size shapes
+
+
+def meta_state(shapes):
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("name,depths,dim,gated", [("clip-mamba-vmamba-b", [2, 2, 15, 2], 128, False),
+                                                   ("clip-mamba-vmamba-s", [2, 2, 15, 2], 96, False),
+                                                   ("clip-mamba-vmamba-t220", [2, 2, 4, 2], 96, True)])
+def test_named_clip_mamba_models_have_the_released_shapes(name, depths, dim, gated):
+    from climp.models.released import to_climp_state_dict
+    from climp.models.weights import check_state_dict
+
+    vision = official_vmamba_shapes(depths, dim, gated)
+    text = clip_text_shapes(512, 12, 512)
+    official = {}
+    for suffix in ("", "_e"):
+        official.update({f"visual{suffix}.{k}": v for k, v in vision.items()})
+        official.update({".".join(filter(None, [k.partition(".")[0] + suffix, k.partition(".")[2]])): v
+                         for k, v in text.items()})
+        official[f"image_projection{suffix}"] = (dim * 8, 512)
+    official["logit_scale"] = ()
+    with torch.device("meta"):
+        model = climp.create_model(name)
+    check_state_dict(model.state_dict(), to_climp_state_dict(meta_state(official), CLIP_MAMBA, "vmamba"))
+
+
+@pytest.mark.parametrize("name", ["climp-mamba1", "climp-mamba2"])
+def test_named_climp_models_have_the_released_shapes(name):
+    from transformers import Mamba2Config, Mamba2Model, MambaConfig, MambaModel
+
+    from climp.models.released import CLIMP_RELEASE, to_climp_state_dict
+    from climp.models.weights import check_state_dict
+
+    with torch.device("meta"):
+        if name == "climp-mamba1":  # state-spaces/mamba-1.4b-hf
+            text = MambaModel(MambaConfig(vocab_size=50280, hidden_size=2048, num_hidden_layers=48, state_size=16,
+                                          expand=2, conv_kernel=4, time_step_rank=128))
+        else:  # AntonV/mamba2-1.3b-hf
+            text = Mamba2Model(Mamba2Config(vocab_size=50288, hidden_size=2048, num_hidden_layers=48, state_size=128,
+                                            expand=2, head_dim=64, num_heads=64, n_groups=1, conv_kernel=4))
+        model = climp.create_model(name)
+    official = {"vision_encoder." + k: v for k, v in official_vmamba_shapes([2, 2, 15, 2], 128, False).items()}
+    official.update({"vision_projection.weight": (768, 1024), "vision_projection.bias": (768,),
+                     "text_projection.weight": (768, 2048), "text_projection.bias": (768,), "logit_scale": ()})
+    state = meta_state(official)
+    state.update({"text_encoder." + k: v for k, v in text.state_dict().items()})
+    check_state_dict(model.state_dict(), to_climp_state_dict(state, CLIMP_RELEASE, "vmamba"))
+
+
+def test_named_aclip_vit_has_the_released_shapes():
+    from timm.models.vision_transformer import VisionTransformer
+
+    from climp.models.released import to_climp_state_dict
+    from climp.models.weights import check_state_dict
+
+    with torch.device("meta"):
+        towers = [VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=0)
+                  for _ in range(2)]
+        model = climp.create_model("clip-mamba-vit-b-16")
+    official = {}
+    for name, tower in zip(("visual", "visual_ema"), towers):
+        official.update({f"{name}.{k}": v for k, v in tower.state_dict().items()})
+    text = meta_state(clip_text_shapes(512, 12, 512))
+    official.update(text)
+    official.update({k.replace("transformer.", "transformer_e.", 1): v for k, v in text.items()
+                     if k.startswith("transformer.")})
+    official.update(meta_state({"text_projection_e": (512, 512), "image_projection": (768, 512),
+                                "image_projection_e": (768, 512), "logit_scale": ()}))
+    check_state_dict(model.state_dict(), to_climp_state_dict(official, CLIP_MAMBA, "vit"))
