@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "hessian": ("climp.analysis.command", "Hessian spectrum, trace and loss landscape of the contrastive loss"),
     "reproduce": ("climp.reproduce.command", "train, evaluate and analyse the papers' models side by side"),
     "models": ("climp.models.command", "list the named models with their parameter counts"),
+    "convert": ("climp.models.convert", "a released CLIMP or CLIP-Mamba checkpoint -> model.safetensors + config.json"),
 }
 
 

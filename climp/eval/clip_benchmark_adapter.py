@@ -17,7 +17,7 @@ def load_for_clip_benchmark(model_name: str, pretrained: Optional[str] = None, d
     loaders return; `cache_dir` is accepted for its loader signature and unused (nothing downloads)."""
     import climp
     model, _, transform = climp.create_model_and_transforms(model_name, pretrained=pretrained)
-    return model.to(device).eval(), transform, climp.get_tokenizer(model_name)
+    return model.to(device).eval(), transform, climp.get_tokenizer(model)
 
 
 def register_with_clip_benchmark(model_type: str = "climp") -> None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 import torch
 
 from .report import write_report
-from .runner import TASKS, EvalSettings, evaluate
+from .runner import FILE_TASKS, TASKS, EvalSettings, evaluate
 from .shifts import SHIFTS
 
 
@@ -22,14 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", default=None,
                         help="checkpoint per model, in --model order (repeat the flag); omit for random init")
     parser.add_argument("--tasks", type=csv_list, default=None,
-                        help=f"subset of {','.join(TASKS)} (default: every task that has data)")
+                        help=f"subset of {','.join(TASKS)}, or the local-file tasks {','.join(FILE_TASKS)} "
+                             "(default: every task that has data)")
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=None,
                         help="evaluate the embedded benchmark too (default: only when no local data is named)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer.json (or its directory) for models that read a language model's ids")
+    parser.add_argument("--pretrained-weights", choices=["ema", "online"], default=None,
+                        help="CLIP-Mamba checkpoints: EMA (default) or online weights")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--dataset-root", default=None, help="root of local real datasets (nothing downloads)")
     parser.add_argument("--dataset", action="append", default=[], help="real zero-shot dataset name (repeatable)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--retrieval-file", default=None, help="JSON/CSV of (image, caption) for retrieval")
+    parser.add_argument("--nocaps-file", default=None,
+                        help="NoCaps' COCO-style caption JSON (task nocaps: CLIMP's retrieval protocol)")
     parser.add_argument("--dense-file", default=None, help="JSON [{image, caption}] of long captions")
     parser.add_argument("--image-root", default=None, help="images of the caption files (default: their folder)")
     parser.add_argument("--ood-root", default=None, help="folder of OOD images")
@@ -50,7 +57,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings.from_dict(dict(
         batch_size=args.batch_size, num_samples=args.num_samples, seed=args.seed, resolution=args.resolution,
         dataset_root=args.dataset_root, datasets=args.dataset, split=args.split,
-        retrieval_file=args.retrieval_file, dense_file=args.dense_file, image_root=args.image_root,
+        retrieval_file=args.retrieval_file, nocaps_file=args.nocaps_file, dense_file=args.dense_file, image_root=args.image_root,
         ood_root=args.ood_root, ood_in_dataset=args.ood_in_dataset, cue_conflict_root=args.cue_conflict_root,
         shifts=args.shifts, shift_dataset=args.shift_dataset, resolution_scales=args.resolution_scales,
         embedded=args.embedded))
@@ -67,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for name, ckpt in zip(args.model, checkpoints):
         torch.manual_seed(args.seed)  # a model without a checkpoint is a reproducible random one
-        model, _, preprocess = climp.create_model_and_transforms(name, pretrained=ckpt)
+        options = {k: v for k, v in (("tokenizer", args.tokenizer),
+                                     ("pretrained_weights", args.pretrained_weights)) if v is not None}
+        model, _, preprocess = climp.create_model_and_transforms(name, pretrained=ckpt, **options)
         model.to(args.device)
-        results[name] = evaluate(model, climp.get_tokenizer(name), preprocess, tasks, settings)
+        results[name] = evaluate(model, climp.get_tokenizer(model), preprocess, tasks, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": vars(settings), "models": dict(zip(args.model, checkpoints)), "results": results}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2))

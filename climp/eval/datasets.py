@@ -133,6 +133,28 @@ def load_classification_set(name: str, root: str | Path, transform: Optional[Cal
     return ClassificationSet(name, list(dataset.classes), list(dataset.templates), dataset)
 
 
+def coco_caption_items(data: Dict[str, Any], source: Path) -> List[Tuple[str, List[str]]]:
+    """(file name, captions) per image, in the order of "images", from COCO-style caption
+    annotations: {"images": [{"id", "file_name"}, ...], "annotations": [{"image_id", "caption"}, ...]}
+    (NoCaps' and COCO's caption files)."""
+    captions: Dict[Any, List[str]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            raise ValueError(f"{source}: annotation {i} needs 'image_id' and 'caption'")
+        captions.setdefault(ann["image_id"], []).append(ann["caption"])
+    items = []
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise ValueError(f"{source}: image entry {i} needs 'id' and 'file_name'")
+        caps = captions.pop(image["id"], None)
+        if not caps:
+            raise ValueError(f"{source}: image {image['file_name']} (id {image['id']}) has no captions")
+        items.append((image["file_name"], caps))
+    if captions:
+        raise ValueError(f"{source}: captions refer to image ids missing from 'images': {sorted(captions, key=str)[:5]}")
+    return items
+
+
 class CaptionDataset:
     """(PIL image, list of captions) per image from a local JSON or CSV file."""
 
@@ -156,6 +178,8 @@ class CaptionDataset:
                 grouped.setdefault(image, []).append(caption)
         elif self.path.suffix.lower() == ".json":
             records = json.loads(self.path.read_text())
+            if isinstance(records, dict) and {"images", "annotations"} <= set(records):
+                return coco_caption_items(records, self.path)
             if not isinstance(records, list):
                 raise ValueError(f"{self.path}: expected a JSON list of {{'image', 'caption(s)'}} records")
             for i, rec in enumerate(records):

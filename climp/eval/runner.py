@@ -22,6 +22,9 @@ from .zeroshot import evaluate_zero_shot, zero_shot_logits
 from ..dataconfig import FromDict
 
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
+# Tasks that run on local files only (not part of the default task list).
+FILE_TASKS = ("nocaps",)
+RETRIEVAL_KS = (1, 5, 10)
 EMBEDDED = "embedded"
 
 
@@ -40,6 +43,7 @@ class EvalSettings(FromDict):
     datasets: List[str] = field(default_factory=list)  # real zero-shot datasets under dataset_root
     split: str = "test"
     retrieval_file: Optional[str] = None
+    nocaps_file: Optional[str] = None  # NoCaps' COCO-style caption JSON (task "nocaps")
     dense_file: Optional[str] = None
     image_root: Optional[str] = None  # images of caption files; default: the file's folder
     ood_root: Optional[str] = None  # OOD images for the embedded shape task or ood_in_dataset
@@ -55,25 +59,26 @@ class EvalSettings(FromDict):
     def use_embedded(self) -> bool:
         if self.embedded is not None:
             return self.embedded
-        return not any((self.datasets, self.retrieval_file, self.dense_file, self.ood_root,
+        return not any((self.datasets, self.retrieval_file, self.nocaps_file, self.dense_file, self.ood_root,
                         self.ood_in_dataset, self.cue_conflict_root, self.shift_dataset))
 
     def tasks_with_data(self) -> List[str]:
         """The tasks that have data to run on under these settings."""
+        has = {"nocaps": bool(self.nocaps_file)}
         if self.use_embedded:
-            return list(TASKS)
-        has = {"zeroshot": bool(self.datasets), "retrieval": bool(self.retrieval_file),
+            return list(TASKS) + [task for task in FILE_TASKS if has[task]]
+        has |= {"zeroshot": bool(self.datasets), "retrieval": bool(self.retrieval_file),
                "shifts": bool(self.shift_dataset), "spurious": False,
                "ood": bool(self.ood_in_dataset), "resolution": bool(self.shift_dataset),
                "dense": bool(self.dense_file), "hubness": bool(self.retrieval_file),
                "shape_bias": bool(self.cue_conflict_root)}
-        return [task for task in TASKS if has[task]]
+        return [task for task in TASKS + FILE_TASKS if has[task]]
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         """ValueError for unknown tasks or tasks without data (before anything is built)."""
-        unknown = [t for t in tasks if t not in TASKS]
+        unknown = [t for t in tasks if t not in TASKS + FILE_TASKS]
         if unknown or not tasks:
-            raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS)}")
+            raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS + FILE_TASKS)}")
         without = [t for t in tasks if t not in self.tasks_with_data()]
         if without:
             raise ValueError(f"eval task(s) {without} have no data: name their data (see `climp eval "
@@ -108,12 +113,13 @@ class Evaluation:
         self.synthetic = synthetic
         self.model, self.tokenizer, self.s = model.eval(), tokenizer, settings
         self.side = settings.resolution or model_image_side(model)
-        self.embedded_fn = image_pipeline()  # the embedded scenes render at the requested side
         if preprocess is not None:
             self.to_pixels, self.normalize = split_preprocess(preprocess)
         else:
             self.to_pixels = lambda im: resized(pixels_from_image(im), self.side)
             self.normalize = clip_normalize
+        # the embedded scenes render at the requested side; the model's normalisation applies
+        self.embedded_fn = image_pipeline(pixels_from_image, self.normalize)
         self.real_fn = image_pipeline(self.to_pixels, self.normalize)
         self._real_sets: Dict[str, real.ClassificationSet] = {}
 
@@ -150,6 +156,19 @@ class Evaluation:
             out[self.s.retrieval_file] = evaluate_retrieval(self.model, self.tokenizer, data, self.real_fn,
                                                             self.s.batch_size)
         return out
+
+    def nocaps(self) -> Dict[str, Any]:
+        """CLIMP's NoCaps protocol on its validation captions: image retrieval (caption -> image)
+        and text retrieval (image -> any of its captions) recall at 1, 5 and 10."""
+        if not self.s.nocaps_file:
+            raise ValueError("task 'nocaps' needs nocaps_file (--nocaps-file): NoCaps' COCO-style caption JSON, "
+                             "with the images under image_root (--image-root) or beside the file")
+        data = real.CaptionDataset(self.s.nocaps_file, self.s.image_root)
+        r = evaluate_retrieval(self.model, self.tokenizer, data, self.real_fn, self.s.batch_size, RETRIEVAL_KS)
+        out: Dict[str, Any] = {f"image_retrieval_R@{k}": r[f"text_to_image_R@{k}"] for k in RETRIEVAL_KS}
+        out.update({f"text_retrieval_R@{k}": r[f"image_to_text_R@{k}"] for k in RETRIEVAL_KS})
+        out.update(num_images=r["num_images"], num_captions=r["num_captions"])
+        return {self.s.nocaps_file: out}
 
     def shifts(self) -> Dict[str, Any]:
         """Top-1 accuracy per shift and level on the shift dataset."""
@@ -251,7 +270,7 @@ class Evaluation:
 
 def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Optional[Callable],
              tasks: Sequence[str], settings: Optional[EvalSettings | Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Run the named tasks (see TASKS) on the data the settings name, and on the embedded benchmark
+    """Run the named tasks (see TASKS and FILE_TASKS) on the data the settings name, and on the embedded benchmark
     when `settings.use_embedded`; preprocess (PIL -> normalised tensor, a Compose ending in
     Normalize) is used for real data, None resizes to the model's side with CLIP normalisation."""
     if settings is None or isinstance(settings, Mapping):

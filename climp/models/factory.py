@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..tokenizer import ClipBpeTokenizer, HFTokenizer
-from ..transforms import image_transform
+from ..tokenizer import ClipBpeTokenizer, HFTokenizer, check_tokenizer_cfg, tokenizer_from_config
+from ..transforms import check_preprocess_cfg, transform_from_config
 from .clip import CLIP
 from .pretrained import (
     language_model_text_cfg,
@@ -19,6 +19,7 @@ from .pretrained import (
     looks_like_open_clip,
     open_clip_to_climp_state_dict,
 )
+from .released import read_released, to_climp_state_dict
 from .weights import load_state_dict_strict, read_state_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -56,14 +57,28 @@ def merge_overrides(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
     return cfg
 
 
+def with_local_tokenizer(cfg: Dict[str, Any], directory: Union[str, Path]) -> Dict[str, Any]:
+    """cfg with `tokenizer` set to `directory` when the model reads a language model's ids
+    (tokenizer_cfg names `hf_name`), cfg names no tokenizer and the directory holds tokenizer.json."""
+    needs_one = bool(cfg.get("tokenizer_cfg", {}).get("hf_name"))
+    if needs_one and "tokenizer" not in cfg and (Path(directory) / "tokenizer.json").is_file():
+        cfg = {**cfg, "tokenizer": str(Path(directory).resolve())}
+    return cfg
+
+
 def model_from_config(cfg: Dict[str, Any]) -> CLIP:
     """Build a CLIP from a config dict (embed_dim, vision_cfg, text_cfg, optional logit inits,
-    optional `tokenizer`: a directory or file holding a language model's tokenizer.json)."""
-    known = {"embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias", "tokenizer"}
+    optional `tokenizer`: a directory or file holding a language model's tokenizer.json,
+    optional `tokenizer_cfg`: how captions become ids (see climp.tokenizer.tokenizer_from_config),
+    optional `preprocess_cfg`: mean, std, resize_mode, interpolation of the image transform)."""
+    data_keys = {"tokenizer", "tokenizer_cfg", "preprocess_cfg"}
+    known = {"embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias"} | data_keys
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-    model = CLIP(**{k: v for k, v in cfg.items() if k != "tokenizer"})
+    check_preprocess_cfg(cfg.get("preprocess_cfg", {}))
+    check_tokenizer_cfg(cfg.get("tokenizer_cfg", {}))
+    model = CLIP(**{k: v for k, v in cfg.items() if k not in data_keys})
     model.config = copy.deepcopy(cfg)
     return model
 
@@ -74,13 +89,18 @@ def create_model(
     device: Optional[Union[str, torch.device]] = None,
     image_pretrained: Optional[Union[str, Path]] = None,
     text_pretrained: Optional[Union[str, Path]] = None,
+    pretrained_weights: Optional[str] = None,
     **overrides: Any,
 ) -> CLIP:
     """Build a named model and optionally load weights.
 
     pretrained: a whole model: a checkpoint directory of `climp train` (its config.json wins over
         the named config, so a model trained with overrides comes back as trained), a weights file,
-        or an open_clip checkpoint for the ViT/Transformer baselines.
+        an open_clip checkpoint for the ViT/Transformer baselines, or a released CLIMP
+        (model.safetensors) or CLIP-Mamba (checkpoint.pt) file as published, recognised by its keys.
+        For models that read a language model's ids, a tokenizer.json beside it is their tokenizer.
+    pretrained_weights: for CLIP-Mamba files, "ema" (default: the weights the paper evaluates) or
+        "online".
     image_pretrained: a VMamba ImageNet checkpoint or an open_clip checkpoint for the image tower.
     text_pretrained: a Mamba / Mamba-2 language model directory (transformers or mamba_ssm layout);
         the text tower takes the checkpoint's shapes, and a tokenizer.json beside the weights
@@ -92,6 +112,8 @@ def create_model(
         if Path(pretrained).is_dir() and sidecar.is_file():
             cfg = json.loads(sidecar.read_text()).get("model_cfg", cfg)
     cfg = merge_overrides(cfg, overrides)
+    if pretrained is not None:
+        cfg = with_local_tokenizer(cfg, pretrained)
     if text_pretrained is not None and cfg["text_cfg"].get("type") in ("mamba", "mamba2"):
         cfg["text_cfg"] = language_model_text_cfg(text_pretrained, cfg["text_cfg"])
         if (Path(text_pretrained) / "tokenizer.json").is_file():
@@ -100,10 +122,11 @@ def create_model(
     model = model_from_config(cfg)
     model.model_name = str(name)
     if pretrained is not None:
-        state = read_state_dict(pretrained)
-        if looks_like_open_clip(state):
+        state, fmt, _ = read_released(pretrained)
+        if fmt is None and looks_like_open_clip(state):
             state = open_clip_to_climp_state_dict(state)
-        load_state_dict_strict(model, state, source=str(pretrained))
+        state = to_climp_state_dict(state, fmt, cfg["vision_cfg"].get("type"), pretrained_weights)
+        load_state_dict_strict(model, state, source=f"{pretrained} ({fmt or 'climp/open_clip'} layout)")
     if image_pretrained is not None:
         load_image_tower_pretrained(model.visual, image_pretrained)
     if text_pretrained is not None:
@@ -125,10 +148,13 @@ def create_model_and_transforms(
     image_size: Optional[Union[int, Tuple[int, int]]] = None,
     **kwargs: Any,
 ):
-    """(model, preprocess_train, preprocess_val); image_size overrides the nominal resolution."""
+    """(model, preprocess_train, preprocess_val) with the model's preprocess_cfg; image_size
+    overrides the nominal resolution."""
     model = create_model(name, pretrained=pretrained, **kwargs)
     size = image_size or image_size_of(model)
-    return model, image_transform(size, is_train=True), image_transform(size, is_train=False)
+    preprocess_cfg = model.config.get("preprocess_cfg")
+    return (model, transform_from_config(size, True, preprocess_cfg),
+            transform_from_config(size, False, preprocess_cfg))
 
 
 def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTokenizer]:
@@ -136,19 +162,18 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
 
     open_clip's BPE padded to the longest caption, truncated at the context length only for
     Transformer text towers (Mamba towers read any length); a model started from a language
-    model's weights uses that model's tokenizer.json.
+    model's weights uses that model's tokenizer.json. The config's tokenizer_cfg sets whether an
+    end token is appended and how captions are truncated.
     """
     if isinstance(name, CLIP):
         cfg = name.config
     elif Path(name, CONFIG_SIDECAR).is_file():
-        cfg = json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"]
+        cfg = with_local_tokenizer(json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"], name)
     else:
         cfg = get_model_config(name)
     text_cfg = cfg["text_cfg"]
     max_length = text_cfg.get("context_length", 77) if text_cfg.get("type") == "transformer" else None
-    if cfg.get("tokenizer"):
-        return HFTokenizer(cfg["tokenizer"], max_length=max_length)
-    return ClipBpeTokenizer(max_length=max_length)
+    return tokenizer_from_config(cfg.get("tokenizer_cfg", {}), cfg.get("tokenizer") or None, max_length)
 
 
 def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.device]] = None) -> CLIP:
@@ -159,7 +184,7 @@ def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.de
     meta = json.loads(sidecar.read_text())
     if "model_cfg" not in meta:
         raise ValueError(f"{sidecar} has no 'model_cfg' entry")
-    model = model_from_config(meta["model_cfg"])
+    model = model_from_config(with_local_tokenizer(meta["model_cfg"], path))
     model.model_name = meta.get("model_name", str(path))
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
     if device is not None:

@@ -19,7 +19,7 @@ PathLike = Union[str, Path]
 
 # Keys of the text tower config that describe the backbone's shape; a pretrained checkpoint's
 # values replace the named config's so the tower is built to fit the weights.
-_TOWER_ONLY_KEYS = {"type", "pad_id", "pooling", "scan_backend", "drop_path_rate"}
+_TOWER_ONLY_KEYS = {"type", "pad_id", "pooling", "scan_backend", "drop_path_rate", "proj_bias"}
 
 
 def language_model_text_cfg(path: PathLike, text_cfg: Mapping[str, Any]) -> Dict[str, Any]:

@@ -54,12 +54,15 @@ def check_pooling(cfg) -> None:
 class MambaTextConfig(MambaConfig):
     """A Mamba backbone config plus how the tower reads padded captions.
 
-    pooling "last": the hidden state of the last non-padding token (the EOT token; as the backbone
-    is causal it has seen the whole caption); "mean": the mean over non-padding tokens.
+    pooling "last": the hidden state of the last non-padding token (the EOT token, or the caption's
+    last token when the tokenizer appends none; as the backbone is causal it has seen the whole
+    caption); "mean": the mean over non-padding tokens. proj_bias: a bias in the projection to
+    the joint space (CLIMP's released models have one).
     """
 
     pad_id: int = 0
     pooling: str = "last"
+    proj_bias: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,10 +71,11 @@ class MambaTextConfig(MambaConfig):
 
 @dataclass
 class Mamba2TextConfig(Mamba2Config):
-    """A Mamba-2 backbone config plus the pooling settings of MambaTextConfig."""
+    """A Mamba-2 backbone config plus the pooling and projection settings of MambaTextConfig."""
 
     pad_id: int = 0
     pooling: str = "last"
+    proj_bias: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,7 +93,7 @@ class MambaTextTower(nn.Module):
         self.cfg = cfg
         self.output_dim = embed_dim
         self.backbone = self.backbone_class(cfg)
-        self.proj = nn.Linear(cfg.d_model, embed_dim, bias=False)
+        self.proj = nn.Linear(cfg.d_model, embed_dim, bias=cfg.proj_bias)
         nn.init.normal_(self.proj.weight, std=cfg.d_model ** -0.5)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

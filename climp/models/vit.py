@@ -8,6 +8,7 @@ learned position embedding is resized on the fly (bicubic, antialiased, as open_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -32,6 +33,9 @@ class ViTVisionConfig(FromDict):
     ls_init_value: Optional[float] = None
     patch_dropout: float = 0.0
     pool_type: str = "tok"
+    patch_bias: bool = False  # a bias in the patch embedding (timm's ViT has one)
+    no_ln_pre: bool = False  # no LayerNorm before the blocks (timm's ViT has none)
+    norm_eps: float = 1e-5  # LayerNorm epsilon (timm's ViT: 1e-6)
 
 
 def resize_grid_embedding(pos_embed: torch.Tensor, old_grid: tuple, new_grid: tuple) -> torch.Tensor:
@@ -61,9 +65,12 @@ class ViTVisionTower(VisionTransformer):
             patch_dropout=cfg.patch_dropout,
             pool_type=cfg.pool_type,
             output_dim=embed_dim,
+            no_ln_pre=cfg.no_ln_pre,
             act_layer=nn.GELU,
-            norm_layer=LayerNorm,
+            norm_layer=partial(LayerNorm, eps=cfg.norm_eps),
         )
+        if cfg.patch_bias:
+            self.conv1 = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=True)
         self.cfg = cfg
 
     @property

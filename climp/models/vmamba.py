@@ -79,6 +79,7 @@ class VMambaConfig(FromDict):
     scan_backend: str = "auto"
     pool: str = "avg"
     attn_pool_heads: int = 4
+    proj_bias: bool = True
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -370,7 +371,7 @@ class VMambaVisionTower(nn.Module):
         # "pyramid": the earlier stages' norms (the last stage uses `norm`).
         self.stage_norms = (nn.ModuleList(nn.LayerNorm(d, eps=cfg.norm_eps) for d in dims[:-1])
                             if cfg.pool == "pyramid" else None)
-        self.head = nn.Linear(self.num_features, embed_dim)
+        self.head = nn.Linear(self.num_features, embed_dim, bias=self.cfg.proj_bias)
         self.apply(init_weights)
 
     @property

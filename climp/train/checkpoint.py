@@ -71,6 +71,18 @@ def _detached_copy(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
+def write_model_files(directory: Union[str, Path], model_state: Mapping[str, torch.Tensor], sidecar: Mapping[str, Any],
+                      ema_state: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+    """Write the weights (safetensors) and the JSON sidecar of a model into `directory`: the
+    layout `create_model(name, pretrained=directory)` and `load_checkpoint` read."""
+    directory = Path(directory)
+    save_file(_detached_copy(model_state), str(directory / MODEL_FILE), metadata={"format": FORMAT})
+    if ema_state is not None:
+        save_file(_detached_copy(ema_state), str(directory / EMA_FILE), metadata={"format": FORMAT})
+    config = {"format": FORMAT, **sidecar}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+
+
 def save_checkpoint(
     root: Union[str, Path],
     step: int,
@@ -85,11 +97,7 @@ def save_checkpoint(
     final = root / checkpoint_name(step)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     try:
-        save_file(_detached_copy(model_state), str(staging / MODEL_FILE), metadata={"format": FORMAT})
-        if ema_state is not None:
-            save_file(_detached_copy(ema_state), str(staging / EMA_FILE), metadata={"format": FORMAT})
-        config = {"format": FORMAT, "step": step, **sidecar}
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        write_model_files(staging, model_state, {"step": step, **sidecar}, ema_state)
         torch.save(dict(training_state), staging / STATE_FILE)
         if final.exists():
             retired = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.old."))
