@@ -496,3 +496,36 @@ def test_named_aclip_vit_has_the_released_shapes():
     official.update(meta_state({"text_projection_e": (512, 512), "image_projection": (768, 512),
                                 "image_projection_e": (768, 512), "logit_scale": ()}))
     check_state_dict(model.state_dict(), to_climp_state_dict(official, CLIP_MAMBA, "vit"))
+
+
+def test_clip_mamba_simba_checkpoint_loads_ema_tower_with_its_own_buffers(tmp_path):
+    """A CLIP-Mamba SiMBA file (official names: SiMBA's keys under visual/visual_e, the stem's
+    BatchNorm buffers included) loads into clip-mamba-simba-s; features equal the EMA tower
+    placed by hand with the projection P applied as x @ P."""
+    from climp.models.simba import SiMBAConfig, SiMBAVisionTower
+
+    vision = dict(stem_hidden_dim=8, embed_dims=[8, 16, 16, 24], mlp_ratios=[2, 2, 2, 2], depths=[1, 1, 1, 1],
+                  d_state=4, drop_path_rate=0.0, image_size=64)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in SiMBAVisionTower(SiMBAConfig.from_dict(vision), EMBED)
+                  .state_dict().items() if k != "head.weight"}
+    state = clip_mamba_state(shapes, 24, clip_text_shapes(32, 2, EMBED), EMBED)
+    for key in [k for k in state if k.endswith("running_var")]:
+        state[key] = state[key].abs() + 0.5  # a variance is positive
+    for key in [k for k in state if k.endswith("num_batches_tracked")]:
+        state[key] = torch.tensor(7)
+    path = tmp_path / "checkpoint_best.pt"
+    save_clip_mamba_checkpoint(state, path, "CLIP_Simba_S")
+    model = climp.create_model("clip-mamba-simba-s", pretrained=path, embed_dim=EMBED, vision_cfg=vision,
+                               text_cfg={"width": 32, "heads": 2, "layers": 2}).eval()
+
+    tower = SiMBAVisionTower(SiMBAConfig.from_dict(vision), EMBED).eval()
+    own = {k[len("visual_e."):]: v for k, v in state.items() if k.startswith("visual_e.")}
+    tower.load_state_dict({**own, "head.weight": state["image_projection_e"].T})
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, want = model.encode_image(images), tower(images)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    bn = "patch_embed1.conv.1.running_var"
+    torch.testing.assert_close(model.visual.state_dict()[bn], state["visual_e." + bn])
+    assert not torch.allclose(model.visual.state_dict()[bn], state["visual." + bn])
