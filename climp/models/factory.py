@@ -11,6 +11,7 @@ import torch
 
 from ..tokenizer import ClipBpeTokenizer, HFTokenizer
 from ..transforms import image_transform
+from .checkpoint_files import CONFIG_FILE, read_sidecar, resolve_checkpoint_path
 from .clip import CLIP
 from .pretrained import (
     language_model_text_cfg,
@@ -22,7 +23,7 @@ from .pretrained import (
 from .weights import load_state_dict_strict, read_state_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-CONFIG_SIDECAR = "config.json"
+CONFIG_SIDECAR = CONFIG_FILE
 
 
 @lru_cache(maxsize=None)
@@ -41,7 +42,10 @@ def get_model_config(name: Union[str, Path]) -> Dict[str, Any]:
         return copy.deepcopy(_registry()[str(name)])
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model config {path} is not valid JSON: {err}") from err
     raise ValueError(f"unknown model {str(name)!r}; choose one of {list_models()} or pass a JSON config path")
 
 
@@ -78,9 +82,10 @@ def create_model(
 ) -> CLIP:
     """Build a named model and optionally load weights.
 
-    pretrained: a whole model: a checkpoint directory of `climp train` (its config.json wins over
-        the named config, so a model trained with overrides comes back as trained), a weights file,
-        or an open_clip checkpoint for the ViT/Transformer baselines.
+    pretrained: a whole model: a checkpoint of `climp train` (a step directory, the run directory,
+        its `checkpoints/` directory or `checkpoints/latest`; its config.json wins over the named
+        config, so a model trained with overrides comes back as trained), a weights file, or an
+        open_clip checkpoint for the ViT/Transformer baselines.
     image_pretrained: a VMamba ImageNet checkpoint or an open_clip checkpoint for the image tower.
     text_pretrained: a Mamba / Mamba-2 language model directory (transformers or mamba_ssm layout);
         the text tower takes the checkpoint's shapes, and a tokenizer.json beside the weights
@@ -88,9 +93,9 @@ def create_model(
     """
     cfg = get_model_config(name)
     if pretrained is not None:
-        sidecar = Path(pretrained) / CONFIG_SIDECAR
-        if Path(pretrained).is_dir() and sidecar.is_file():
-            cfg = json.loads(sidecar.read_text()).get("model_cfg", cfg)
+        pretrained = resolve_checkpoint_path(pretrained)
+        if pretrained.is_dir() and (pretrained / CONFIG_SIDECAR).is_file():
+            cfg = read_sidecar(pretrained).get("model_cfg", cfg)
     cfg = merge_overrides(cfg, overrides)
     if text_pretrained is not None and cfg["text_cfg"].get("type") in ("mamba", "mamba2"):
         cfg["text_cfg"] = language_model_text_cfg(text_pretrained, cfg["text_cfg"])
@@ -140,8 +145,8 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
     """
     if isinstance(name, CLIP):
         cfg = name.config
-    elif Path(name, CONFIG_SIDECAR).is_file():
-        cfg = json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"]
+    elif str(name) not in _registry() and _checkpoint_directory(name) is not None:
+        cfg = _sidecar_model_cfg(read_sidecar(_checkpoint_directory(name)), _checkpoint_directory(name))
     else:
         cfg = get_model_config(name)
     text_cfg = cfg["text_cfg"]
@@ -151,17 +156,31 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
     return ClipBpeTokenizer(max_length=max_length)
 
 
+def _checkpoint_directory(path: Union[str, Path]) -> Optional[Path]:
+    """The `climp train` checkpoint directory `path` stands for, or None if it names none."""
+    if not Path(path).exists() and Path(path).name != "latest":
+        return None
+    resolved = resolve_checkpoint_path(path)
+    directory = resolved.parent if resolved.is_file() else resolved
+    return directory if (directory / CONFIG_SIDECAR).is_file() else None
+
+
+def _sidecar_model_cfg(sidecar: Dict[str, Any], directory: Path) -> Dict[str, Any]:
+    if "model_cfg" not in sidecar:
+        raise ValueError(f"{directory / CONFIG_SIDECAR} has no 'model_cfg' entry")
+    return sidecar["model_cfg"]
+
+
 def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.device]] = None) -> CLIP:
-    """A model from a checkpoint directory written by `climp train` (config.json + weights)."""
-    sidecar = Path(path) / CONFIG_SIDECAR
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"{path} is not a CLIMP checkpoint directory (no {CONFIG_SIDECAR})")
-    meta = json.loads(sidecar.read_text())
-    if "model_cfg" not in meta:
-        raise ValueError(f"{sidecar} has no 'model_cfg' entry")
-    model = model_from_config(meta["model_cfg"])
-    model.model_name = meta.get("model_name", str(path))
-    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    """A model from a checkpoint of `climp train`: a step directory (config.json + weights), the
+    run directory, its `checkpoints/` directory or `checkpoints/latest`."""
+    directory = _checkpoint_directory(path)
+    if directory is None:
+        raise FileNotFoundError(f"{path} is not a CLIMP checkpoint (no {CONFIG_SIDECAR} next to the weights)")
+    sidecar = read_sidecar(directory)
+    model = model_from_config(_sidecar_model_cfg(sidecar, directory))
+    model.model_name = sidecar.get("model_name", str(directory))
+    load_state_dict_strict(model, read_state_dict(directory), source=str(directory))
     if device is not None:
         model.to(device)
     return model
