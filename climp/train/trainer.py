@@ -59,7 +59,10 @@ def build_components(config: TrainConfig) -> TrainComponents:
     import climp
     from climp.data import synthetic
     from climp.data.collate import ImageTextCollate
+    from climp.models.clip import check_image_size
+    from climp.models.factory import get_model_config
 
+    check_image_size(get_model_config(config.model)["vision_cfg"], config.resolution, config.model)
     model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
         config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
         text_pretrained=config.text_pretrained, **logit_init_overrides(config.loss))
