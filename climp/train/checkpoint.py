@@ -61,6 +61,12 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync(path: Path) -> None:
     """Flush a file or directory to disk (directories: where the OS allows it)."""
     try:
@@ -106,7 +112,9 @@ def _write_contents(directory: Path, step: int, model_state: Mapping[str, torch.
         save_file(_detached_copy(ema_state), str(directory / EMA_FILE), metadata=metadata)
     (directory / CONFIG_FILE).write_text(text)
     torch.save(dict(training_state), directory / STATE_FILE)
+    mode = 0o666 & ~_umask()  # safetensors writes 0600 whatever the umask
     for file in directory.iterdir():
+        os.chmod(file, mode)
         _fsync(file)
     _fsync(directory)
 
@@ -289,8 +297,10 @@ def read_training_state(directory: Union[str, Path]) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {directory} has no {STATE_FILE}; cannot resume from it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"corrupt training state {path}: {err}") from err
+    except Exception as err:  # torch's message advises unsafe loading, which never applies here
+        raise ValueError(f"corrupt training state {path}: not a readable training-state file "
+                         f"(damaged, or holding objects beyond tensors and plain data; "
+                         f"{type(err).__name__})") from err
 
 
 def capture_rng_state() -> Dict[str, Any]:
