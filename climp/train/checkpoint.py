@@ -14,6 +14,7 @@ Directories and files are created with the user's umask.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -314,6 +315,18 @@ def capture_rng_state() -> Dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_state_bytes() -> bytes:
+    """`capture_rng_state()` serialised, for gathering across ranks (all_gather_object cannot
+    carry the tensors themselves: unpickling their storages fails)."""
+    buffer = io.BytesIO()
+    torch.save(capture_rng_state(), buffer)
+    return buffer.getvalue()
+
+
+def rng_state_from_bytes(data: bytes) -> Dict[str, Any]:
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:

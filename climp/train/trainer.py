@@ -171,7 +171,8 @@ class Trainer:
 
     def save(self) -> None:
         """Write a checkpoint of the current step (collective: every rank must call it)."""
-        rng_states = gather_objects(ckpt.capture_rng_state(), self.context)
+        rng_states = [ckpt.rng_state_from_bytes(b)
+                      for b in gather_objects(ckpt.rng_state_bytes(), self.context)]
         if self.context.is_main:
             state = {
                 "step": self.step,
