@@ -57,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser(command).parse_args(argv)
     if args.debug:
         return int(args.run(args) or 0)
-    warnings.formatwarning = _one_line_warning
+    default_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -71,6 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"climp: error: {err}", file=sys.stderr)
             return 2
         raise
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":
