@@ -140,3 +140,19 @@ def test_checkpoints_follow_the_umask(tmp_path, umask):
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
     for file in [path / ckpt.MODEL_FILE, path / ckpt.STATE_FILE, tmp_path / "ck" / "latest"]:
         assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_resuming_a_finished_run_resaves_its_last_step(tmp_path):
+    from climp.train.metrics_log import read_metrics
+    from climp.train.trainer import train
+
+    cfg = tiny_config(tmp_path, steps=4)
+    first = train(cfg, tiny_components())
+    again = train(tiny_config(tmp_path, steps=4, resume="latest"), tiny_components())
+    assert again["steps"] == first["steps"] == 4 and again["samples_seen"] == 32
+    assert again["metrics"] == first["metrics"]
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["latest", "step_0000004"]
+    records = read_metrics(cfg.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r.get("kind") == "eval"] == [4]
