@@ -203,10 +203,12 @@ def recover(root: Union[str, Path]) -> List[str]:
     return notes
 
 
-def resume_candidates(spec: Union[str, Path], root: Union[str, Path]) -> List[Path]:
-    """Checkpoints to try, in order, for `--resume spec`. 'latest' (or a run, `checkpoints/`
-    directory or pointer) gives the newest checkpoint, then every older one as fallbacks; a
-    step directory gives only itself."""
+def resume_candidates(spec: Union[str, Path], root: Union[str, Path, None] = None) -> List[Path]:
+    """Checkpoints to try, in order, for `--resume spec`. 'latest' (of `root`), a run directory,
+    its `checkpoints/` directory or pointer give the newest checkpoint, then every older one as
+    fallbacks; a step directory (or a file in one) gives only itself."""
+    if str(spec) == "latest" and root is None:
+        raise ValueError("'latest' needs a checkpoint root directory")
     directory_root = Path(root) if str(spec) == "latest" else checkpoint_root_of(spec)
     if directory_root is None:
         directory = resolve_checkpoint_path(spec)
@@ -227,9 +229,7 @@ def resume_candidates(spec: Union[str, Path], root: Union[str, Path]) -> List[Pa
 def resolve_checkpoint(spec: Union[str, Path], root: Union[str, Path, None] = None) -> Path:
     """The checkpoint directory for `spec`: 'latest' (of `root`), a run, `checkpoints/` or step
     directory, the `latest` pointer, or a file in a step directory."""
-    if str(spec) == "latest" and root is None:
-        raise ValueError("'latest' needs a checkpoint root directory")
-    return resume_candidates(spec, root if root is not None else ".")[0]
+    return resume_candidates(spec, root)[0]
 
 
 def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
