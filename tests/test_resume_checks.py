@@ -84,3 +84,16 @@ def test_metrics_are_truncated_to_the_resumed_step(tmp_path):
     assert train_steps == list(range(1, 9))  # no step twice, in order
     assert [r["step"] for r in records if r.get("kind") == "eval"] == [4, 6, 8]
     assert json.loads((cfg.run_dir / "results.json").read_text())["samples_seen"] == 8 * 8
+
+
+def test_changed_settings_fail_before_anything_is_built(tmp_path):
+    _checkpoint_at(tmp_path)
+
+    class Unbuildable:
+        def __getattr__(self, name):
+            raise AssertionError("components were used before the resume check")
+
+    with pytest.raises(ValueError, match="batch_size 8 -> 4"):
+        train(tiny_config(tmp_path, steps=8, batch_size=4, resume="latest"), Unbuildable())
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(tiny_config(tmp_path, name="never-trained", resume="latest"), Unbuildable())

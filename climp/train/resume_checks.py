@@ -7,6 +7,9 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 
+from climp.models.checkpoint_files import read_sidecar
+
+from .checkpoint import resume_candidates
 from .config import TrainConfig
 
 # Settings a resumed run must share with its checkpoint (logging, evaluation, output and
@@ -21,8 +24,8 @@ CHECKED_SETTINGS = (
 Changes = Dict[str, Tuple[Any, Any]]
 
 
-def changed_settings(saved: Mapping[str, Any], config: TrainConfig, saved_world_size: int,
-                     world_size: int) -> Changes:
+def changed_settings(saved: Mapping[str, Any], config: TrainConfig, saved_world_size: int = 1,
+                     world_size: int = 1) -> Changes:
     """{setting: (checkpoint's value, this run's value)} for every checked setting that differs."""
     changes = {key: (saved[key], getattr(config, key)) for key in CHECKED_SETTINGS
                if key in saved and saved[key] != getattr(config, key)}
@@ -42,6 +45,19 @@ def check_resume_settings(changes: Changes, override: bool, directory: Any) -> N
             f"cannot resume from {directory}: this run's settings differ from the checkpoint's "
             f"({describe(changes)}); resume with the checkpoint's values, or pass "
             "--resume-override to continue with the new ones")
+
+
+def check_before_building(config: TrainConfig) -> None:
+    """The resume checks that need only the checkpoint's config.json (its existence, changed
+    settings), made before any model is built so a wrong flag fails at once."""
+    if not config.resume:
+        return
+    directory = resume_candidates(config.resume, config.run_dir / "checkpoints")[0]
+    try:
+        saved = read_sidecar(directory).get("train", {})
+    except (ValueError, OSError):
+        return  # an unreadable checkpoint is skipped or reported when the run resumes
+    check_resume_settings(changed_settings(saved, config), config.resume_override, directory)
 
 
 def hyperparameters(optimizer: torch.optim.Optimizer) -> List[Dict[str, Any]]:

@@ -35,8 +35,8 @@ from .metrics_log import MetricsLogger, count_records, plot_loss_curve, read_met
 from .optim import create_optimizer, create_scheduler
 from .precision import autocast, grad_scaler
 from .quick_eval import quick_evaluate
-from .resume_checks import (apply_hyperparameters, changed_settings, check_resume_settings,
-                            convert_batch_position, describe, hyperparameters)
+from .resume_checks import (apply_hyperparameters, changed_settings, check_before_building,
+                            check_resume_settings, convert_batch_position, describe, hyperparameters)
 from .stopping import StopRequest, TrainingStopped
 
 
@@ -447,6 +447,7 @@ def train(config: Union[TrainConfig, Mapping[str, Any]],
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
+    check_before_building(config)
     started_group = not torch.distributed.is_initialized()
     try:
         return Trainer(config, components).run()
