@@ -94,6 +94,9 @@ def test_dangling_pointer_falls_back_to_newest_complete_checkpoint(tmp_path):
     shutil.rmtree(newest)
     with pytest.warns(CheckpointWarning, match="step_0000004, which is missing.*newest complete checkpoint"):
         assert latest_checkpoint(tmp_path) == tmp_path / "step_0000002"
+    (tmp_path / "latest").unlink()
+    with pytest.warns(CheckpointWarning, match="no latest pointer; using the newest complete checkpoint"):
+        assert latest_checkpoint(tmp_path) == tmp_path / "step_0000002"
 
 
 @pytest.mark.usefixtures("single_thread")

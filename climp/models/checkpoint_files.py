@@ -79,9 +79,9 @@ def latest_checkpoint(root: PathLike) -> Path:
                                     "and no complete checkpoint")
         raise FileNotFoundError(f"no checkpoint found: {root / LATEST_FILE} names {target.name}, "
                                 f"which is missing or incomplete, and {root} holds no other checkpoint")
-    if target is not None:
-        warnings.warn(f"{root / LATEST_FILE} names {target.name}, which is missing or incomplete; "
-                      f"using the newest complete checkpoint {candidates[0]}", CheckpointWarning)
+    problem = (f"{root / LATEST_FILE} names {target.name}, which is missing or incomplete"
+               if target is not None else f"{root} has no {LATEST_FILE} pointer")
+    warnings.warn(f"{problem}; using the newest complete checkpoint {candidates[0]}", CheckpointWarning)
     return candidates[0]
 
 
