@@ -70,3 +70,14 @@ def test_nan_loss_hint_fits_the_precision(tmp_path, precision):
         trainer.run()
     assert "loss became nan at step 1" in str(err.value)
     assert ("--precision fp32" in str(err.value)) == (precision != "fp32")
+
+
+def test_interrupt_outside_the_training_loop_is_one_line(monkeypatch, capsys, tmp_path):
+    from climp.train import trainer
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert main(["train", "--output-dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "climp: interrupted\n"
