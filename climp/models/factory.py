@@ -145,8 +145,8 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
     """
     if isinstance(name, CLIP):
         cfg = name.config
-    elif str(name) not in _registry() and _checkpoint_directory(name) is not None:
-        cfg = _sidecar_model_cfg(read_sidecar(_checkpoint_directory(name)), _checkpoint_directory(name))
+    elif str(name) not in _registry() and (directory := _checkpoint_directory(name)) is not None:
+        cfg = _sidecar_model_cfg(read_sidecar(directory), directory)
     else:
         cfg = get_model_config(name)
     text_cfg = cfg["text_cfg"]
@@ -160,9 +160,8 @@ def _checkpoint_directory(path: Union[str, Path]) -> Optional[Path]:
     """The `climp train` checkpoint directory `path` stands for, or None if it names none."""
     if not Path(path).exists() and Path(path).name != "latest":
         return None
-    resolved = resolve_checkpoint_path(path)
-    directory = resolved.parent if resolved.is_file() else resolved
-    return directory if (directory / CONFIG_SIDECAR).is_file() else None
+    directory = resolve_checkpoint_path(path)
+    return directory if directory.is_dir() and (directory / CONFIG_SIDECAR).is_file() else None
 
 
 def _sidecar_model_cfg(sidecar: Dict[str, Any], directory: Path) -> Dict[str, Any]:
