@@ -51,7 +51,10 @@ def test_kill_at_every_rename_of_a_resave_keeps_latest_valid(tmp_path, monkeypat
     _save(tmp_path, 1, 0.5)
     _save(tmp_path, 3, 1.0)
     if call == 6:
-        monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        def rmtree(*args, **kwargs):
+            raise Killed("killed before removing the retired copy")
+
+        monkeypatch.setattr(shutil, "rmtree", rmtree)
     else:
         _kill_at_replace(monkeypatch, call)
     with pytest.raises(Killed):
