@@ -73,8 +73,9 @@ def test_corrupt_files_raise_clear_errors(tmp_path):
         ckpt.read_training_state(path)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         ckpt.resolve_checkpoint("latest", tmp_path / "empty")
+    (tmp_path / "unrelated").mkdir()
     with pytest.raises(FileNotFoundError, match="not a CLIMP checkpoint"):
-        ckpt.resolve_checkpoint(tmp_path)
+        ckpt.resolve_checkpoint(tmp_path / "unrelated")
 
 
 def test_rng_state_round_trip_through_torch_save(tmp_path):

@@ -55,8 +55,8 @@ def test_resume_refuses_other_model(tmp_path):
     first = Trainer(tiny_config(tmp_path, steps=2), tiny_components())
     run_steps(first, 1)
     first.save()
-    with pytest.raises(ValueError, match="is for model 'tiny-standin'"):
-        Trainer(tiny_config(tmp_path, steps=4, model="other", resume="latest"), tiny_components())
+    with pytest.raises(ValueError, match="model 'tiny-standin' -> 'other'"):
+        Trainer(tiny_config(tmp_path, steps=2, model="other", resume="latest"), tiny_components())
 
 
 def test_run_writes_results_and_artifacts(tmp_path):

@@ -17,11 +17,23 @@ def csv_list(text: str) -> List[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def task_list(text: str) -> List[str]:
+    """--tasks: known task names only, so a typo fails before any model is built."""
+    tasks = csv_list(text)
+    unknown = [t for t in tasks if t not in TASKS + FILE_TASKS]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"unknown or no eval tasks {unknown}; "
+                                         f"choose from {','.join(TASKS + FILE_TASKS)}")
+    return tasks
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=csv_list, help="model name(s), comma separated")
     parser.add_argument("--checkpoint", action="append", default=None,
-                        help="checkpoint per model, in --model order (repeat the flag); omit for random init")
-    parser.add_argument("--tasks", type=csv_list, default=None,
+                        help="checkpoint per model, in --model order (repeat the flag): a run directory, "
+                             "its checkpoints/ directory, checkpoints/latest, a step directory or a "
+                             "weights file; omit for random init")
+    parser.add_argument("--tasks", type=task_list, default=None,
                         help=f"subset of {','.join(TASKS)}, or the local-file tasks {','.join(FILE_TASKS)} "
                              "(default: every task that has data)")
     parser.add_argument("--embedded", action=argparse.BooleanOptionalAction, default=None,
@@ -63,11 +75,26 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         embedded=args.embedded))
 
 
+def check_models(models: List[str], checkpoints: List[Optional[str]], resolution: Optional[int]) -> None:
+    """What can be checked before building a model: names, checkpoint paths, image size."""
+    from climp.models.checkpoint_files import resolve_checkpoint_path
+    from climp.models.clip import check_image_size
+    from climp.models.factory import get_model_config
+
+    if len(checkpoints) != len(models):
+        raise ValueError(f"{len(models)} models but {len(checkpoints)} --checkpoint flags")
+    for name, checkpoint in zip(models, checkpoints):
+        cfg = get_model_config(name)
+        if checkpoint is not None:
+            resolve_checkpoint_path(checkpoint)
+        if resolution is not None:
+            check_image_size(cfg["vision_cfg"], resolution, name)
+
+
 def run(args: argparse.Namespace) -> int:
     import climp
     checkpoints: List[Optional[str]] = args.checkpoint or [None] * len(args.model)
-    if len(checkpoints) != len(args.model):
-        raise ValueError(f"{len(args.model)} models but {len(checkpoints)} --checkpoint flags")
+    check_models(args.model, checkpoints, args.resolution)
     settings = settings_from_args(args)
     tasks = args.tasks if args.tasks is not None else settings.tasks_with_data()
     settings.check_tasks(tasks)

@@ -24,6 +24,11 @@ from ..dataconfig import FromDict
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
 # Tasks that run on local files only (not part of the default task list).
 FILE_TASKS = ("nocaps",)
+# The settings naming each task's local data (the embedded benchmark serves every task in TASKS).
+TASK_DATA = {"zeroshot": ("datasets",), "retrieval": ("retrieval_file",), "shifts": ("shift_dataset",),
+             "spurious": (), "ood": ("ood_in_dataset",), "resolution": ("shift_dataset",),
+             "dense": ("dense_file",), "hubness": ("retrieval_file",), "shape_bias": ("cue_conflict_root",),
+             "nocaps": ("nocaps_file",)}
 RETRIEVAL_KS = (1, 5, 10)
 EMBEDDED = "embedded"
 
@@ -64,14 +69,9 @@ class EvalSettings(FromDict):
 
     def tasks_with_data(self) -> List[str]:
         """The tasks that have data to run on under these settings."""
-        has = {"nocaps": bool(self.nocaps_file)}
+        has = {task: any(getattr(self, name) for name in names) for task, names in TASK_DATA.items()}
         if self.use_embedded:
             return list(TASKS) + [task for task in FILE_TASKS if has[task]]
-        has |= {"zeroshot": bool(self.datasets), "retrieval": bool(self.retrieval_file),
-               "shifts": bool(self.shift_dataset), "spurious": False,
-               "ood": bool(self.ood_in_dataset), "resolution": bool(self.shift_dataset),
-               "dense": bool(self.dense_file), "hubness": bool(self.retrieval_file),
-               "shape_bias": bool(self.cue_conflict_root)}
         return [task for task in TASKS + FILE_TASKS if has[task]]
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
@@ -81,7 +81,9 @@ class EvalSettings(FromDict):
             raise ValueError(f"unknown or no eval tasks {unknown}; choose from {list(TASKS + FILE_TASKS)}")
         without = [t for t in tasks if t not in self.tasks_with_data()]
         if without:
-            raise ValueError(f"eval task(s) {without} have no data: name their data (see `climp eval "
+            needs = "; ".join(f"{t} reads {' or '.join(TASK_DATA[t]) or 'only the embedded benchmark'}"
+                              for t in without)
+            raise ValueError(f"eval task(s) {without} have no data ({needs}): name their data (see `climp eval "
                              "--help`) or add the embedded benchmark with --embedded")
 
     def __post_init__(self) -> None:

@@ -39,6 +39,27 @@ def _build_tower(registry: Dict[str, Tuple[str, str, str]], kind: str, cfg: Dict
     return getattr(module, tower_name)(tower_cfg, embed_dim)
 
 
+def vision_stride(vision_cfg: Dict[str, Any]) -> int:
+    """Input pixels per feature of an image tower's last stage (VMamba: patch size x 2 per
+    downsampling; ViT and 1-D Mamba: the patch size); image sides must be multiples of it."""
+    cfg = dict(vision_cfg)
+    tower_type = cfg.pop("type", None)
+    if tower_type not in VISION_TOWERS:
+        raise ValueError(f"vision_cfg 'type' must be one of {sorted(VISION_TOWERS)}, got {tower_type!r}")
+    module_name, cfg_name, _ = VISION_TOWERS[tower_type]
+    tower_cfg = getattr(importlib.import_module(module_name), cfg_name).from_dict(cfg)
+    return getattr(tower_cfg, "total_stride", None) or tower_cfg.patch_size
+
+
+def check_image_size(vision_cfg: Dict[str, Any], size: int, model: str = "the model") -> None:
+    """Raise ValueError unless `size` is a positive multiple of the image tower's stride
+    (checked from the config alone, before anything is built)."""
+    stride = vision_stride(vision_cfg)
+    if size < 1 or size % stride:
+        raise ValueError(f"image size {size} is not a multiple of {model}'s image-tower stride {stride}; "
+                         f"use e.g. {max(stride, size - size % stride)}")
+
+
 def build_vision_tower(cfg: Dict[str, Any], embed_dim: int) -> nn.Module:
     """Image tower from a config dict with a "type" key (vmamba, mamba1d, simba, vit)."""
     return _build_tower(VISION_TOWERS, "vision", cfg, embed_dim)

@@ -11,6 +11,7 @@ import torch
 
 from ..tokenizer import ClipBpeTokenizer, HFTokenizer, check_tokenizer_cfg, tokenizer_from_config
 from ..transforms import check_preprocess_cfg, transform_from_config
+from .checkpoint_files import CONFIG_FILE, read_sidecar, resolve_checkpoint_path
 from .clip import CLIP
 from .pretrained import (
     language_model_text_cfg,
@@ -23,7 +24,7 @@ from .released import read_released, to_climp_state_dict
 from .weights import load_state_dict_strict, read_state_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-CONFIG_SIDECAR = "config.json"
+CONFIG_SIDECAR = CONFIG_FILE
 
 
 @lru_cache(maxsize=None)
@@ -42,7 +43,10 @@ def get_model_config(name: Union[str, Path]) -> Dict[str, Any]:
         return copy.deepcopy(_registry()[str(name)])
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model config {path} is not valid JSON: {err}") from err
     raise ValueError(f"unknown model {str(name)!r}; choose one of {list_models()} or pass a JSON config path")
 
 
@@ -94,9 +98,10 @@ def create_model(
 ) -> CLIP:
     """Build a named model and optionally load weights.
 
-    pretrained: a whole model: a checkpoint directory of `climp train` (its config.json wins over
-        the named config, so a model trained with overrides comes back as trained), a weights file,
-        an open_clip checkpoint for the ViT/Transformer baselines, or a released CLIMP
+    pretrained: a whole model: a checkpoint of `climp train` (a step directory, the run directory,
+        its `checkpoints/` directory or `checkpoints/latest`; its config.json wins over the named
+        config, so a model trained with overrides comes back as trained), a weights file, an
+        open_clip checkpoint for the ViT/Transformer baselines, or a released CLIMP
         (model.safetensors) or CLIP-Mamba (checkpoint.pt) file as published, recognised by its keys.
         For models that read a language model's ids, a tokenizer.json beside it is their tokenizer.
     pretrained_weights: for CLIP-Mamba files, "ema" (default: the weights the paper evaluates) or
@@ -108,9 +113,9 @@ def create_model(
     """
     cfg = get_model_config(name)
     if pretrained is not None:
-        sidecar = Path(pretrained) / CONFIG_SIDECAR
-        if Path(pretrained).is_dir() and sidecar.is_file():
-            cfg = json.loads(sidecar.read_text()).get("model_cfg", cfg)
+        pretrained = resolve_checkpoint_path(pretrained)
+        if pretrained.is_dir() and (pretrained / CONFIG_SIDECAR).is_file():
+            cfg = read_sidecar(pretrained).get("model_cfg", cfg)
     cfg = merge_overrides(cfg, overrides)
     if pretrained is not None:
         cfg = with_local_tokenizer(cfg, pretrained)
@@ -167,8 +172,8 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
     """
     if isinstance(name, CLIP):
         cfg = name.config
-    elif Path(name, CONFIG_SIDECAR).is_file():
-        cfg = with_local_tokenizer(json.loads(Path(name, CONFIG_SIDECAR).read_text())["model_cfg"], name)
+    elif str(name) not in _registry() and (directory := _checkpoint_directory(name)) is not None:
+        cfg = with_local_tokenizer(_sidecar_model_cfg(read_sidecar(directory), directory), directory)
     else:
         cfg = get_model_config(name)
     text_cfg = cfg["text_cfg"]
@@ -176,17 +181,30 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
     return tokenizer_from_config(cfg.get("tokenizer_cfg", {}), cfg.get("tokenizer") or None, max_length)
 
 
+def _checkpoint_directory(path: Union[str, Path]) -> Optional[Path]:
+    """The `climp train` checkpoint directory `path` stands for, or None if it names none."""
+    if not Path(path).exists() and Path(path).name != "latest":
+        return None
+    directory = resolve_checkpoint_path(path)
+    return directory if directory.is_dir() and (directory / CONFIG_SIDECAR).is_file() else None
+
+
+def _sidecar_model_cfg(sidecar: Dict[str, Any], directory: Path) -> Dict[str, Any]:
+    if "model_cfg" not in sidecar:
+        raise ValueError(f"{directory / CONFIG_SIDECAR} has no 'model_cfg' entry")
+    return sidecar["model_cfg"]
+
+
 def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.device]] = None) -> CLIP:
-    """A model from a checkpoint directory written by `climp train` (config.json + weights)."""
-    sidecar = Path(path) / CONFIG_SIDECAR
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"{path} is not a CLIMP checkpoint directory (no {CONFIG_SIDECAR})")
-    meta = json.loads(sidecar.read_text())
-    if "model_cfg" not in meta:
-        raise ValueError(f"{sidecar} has no 'model_cfg' entry")
-    model = model_from_config(with_local_tokenizer(meta["model_cfg"], path))
-    model.model_name = meta.get("model_name", str(path))
-    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    """A model from a checkpoint of `climp train`: a step directory (config.json + weights), the
+    run directory, its `checkpoints/` directory or `checkpoints/latest`."""
+    directory = _checkpoint_directory(path)
+    if directory is None:
+        raise FileNotFoundError(f"{path} is not a CLIMP checkpoint (no {CONFIG_SIDECAR} next to the weights)")
+    sidecar = read_sidecar(directory)
+    model = model_from_config(with_local_tokenizer(_sidecar_model_cfg(sidecar, directory), directory))
+    model.model_name = sidecar.get("model_name", str(directory))
+    load_state_dict_strict(model, read_state_dict(directory), source=str(directory))
     if device is not None:
         model.to(device)
     return model

@@ -10,21 +10,22 @@ from typing import Any, Dict, Iterable, Mapping, Union
 import torch
 from torch import nn
 
+from .checkpoint_files import resolve_checkpoint_path
+
 PathLike = Union[str, Path]
 WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin",
                 "checkpoint_best.pt", "checkpoint.pt")
 
 
 def resolve_weight_file(path: PathLike) -> Path:
-    """A weights file, or the first known weights file inside a checkpoint directory."""
-    path = Path(path)
+    """A weights file, or the first known weights file inside a checkpoint directory (a run
+    directory, `checkpoints/` or its `latest` pointer stand for the run's latest checkpoint)."""
+    path = resolve_checkpoint_path(path)
     if path.is_dir():
         for name in WEIGHT_FILES:
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(f"no weights file ({', '.join(WEIGHT_FILES)}) in checkpoint directory {path}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
 
 

@@ -1,25 +1,29 @@
-"""Atomic, resumable checkpoints.
+"""Crash-safe, resumable checkpoints.
 
 A checkpoint is a directory `<root>/step_<N>/` holding
-  model.safetensors      the model weights
+  model.safetensors      the model weights (metadata: a hash binding config.json to them)
   ema.safetensors        the EMA weights (when EMA is on)
   config.json            model name and config, training arguments, step
   training_state.pt      optimizer, scheduler, grad scaler, EMA counter, RNG states of every
-                         rank (python, numpy, torch CPU, CUDA) and the data position
-The directory is written under a temporary name in `<root>` and renamed when complete; only
-then is the `<root>/latest` pointer file replaced (temp file + os.replace), so a crash at any
-moment leaves either the previous or the new checkpoint, never a half-written one.
+                         rank (python, numpy, torch CPU, CUDA), data position, samples seen
+The files are written and synced under a hidden staging name, then renamed into place, and the
+`<root>/latest` pointer is replaced atomically. Re-saving an existing step swaps the two
+directories so that `latest` names a complete checkpoint at every instant (see `_install`).
+`recover` finishes a swap a crash interrupted and deletes the leftovers of interrupted writes.
+Directories and files are created with the user's umask.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import secrets
 import shutil
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -27,12 +31,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
-CONFIG_FILE = "config.json"
-STATE_FILE = "training_state.pt"
-LATEST_FILE = "latest"
+from climp.models.checkpoint_files import (CONFIG_FILE, EMA_FILE, LATEST_FILE, MODEL_FILE,
+                                           SIDECAR_HASH_KEY, STATE_FILE, CheckpointWarning,
+                                           checkpoint_root_of, is_complete, latest_checkpoint,
+                                           pointer_target, read_sidecar, resolve_checkpoint_path,
+                                           sidecar_digest, step_directories, step_of)
+
 FORMAT = "climp-checkpoint-v1"
+STAGING_PREFIX = ".staging-"
+RETIRED_PREFIX = ".retired-"
+# Hidden names that only interrupted writes leave behind (the last two from older versions).
+LEFTOVER_PREFIXES = (STAGING_PREFIX, RETIRED_PREFIX, f".{LATEST_FILE}.", ".step_")
 
 
 class CheckpointMismatchError(ValueError):
@@ -53,17 +62,40 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk (directories: where the OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _point_latest(root: Path, name: str) -> None:
+    """Atomically make `root/latest` name `name` (a new file replaces the old one)."""
+    tmp = root / f".{LATEST_FILE}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+            handle.write(name + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, root / LATEST_FILE)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync(root)
 
 
 def _detached_copy(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -73,14 +105,49 @@ def _detached_copy(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
 
 def write_model_files(directory: Union[str, Path], model_state: Mapping[str, torch.Tensor], sidecar: Mapping[str, Any],
                       ema_state: Optional[Mapping[str, torch.Tensor]] = None) -> None:
-    """Write the weights (safetensors) and the JSON sidecar of a model into `directory`: the
-    layout `create_model(name, pretrained=directory)` and `load_checkpoint` read."""
+    """Write the weights (safetensors, bound to the sidecar by its hash) and the JSON sidecar of a
+    model into `directory`: the layout `create_model(name, pretrained=directory)` and
+    `load_checkpoint` read."""
     directory = Path(directory)
-    save_file(_detached_copy(model_state), str(directory / MODEL_FILE), metadata={"format": FORMAT})
+    text = json.dumps({"format": FORMAT, **sidecar}, indent=2, sort_keys=True, default=str)
+    metadata = {"format": FORMAT, SIDECAR_HASH_KEY: sidecar_digest(json.loads(text))}
+    save_file(_detached_copy(model_state), str(directory / MODEL_FILE), metadata=metadata)
     if ema_state is not None:
-        save_file(_detached_copy(ema_state), str(directory / EMA_FILE), metadata={"format": FORMAT})
-    config = {"format": FORMAT, **sidecar}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        save_file(_detached_copy(ema_state), str(directory / EMA_FILE), metadata=metadata)
+    (directory / CONFIG_FILE).write_text(text)
+
+
+def _write_contents(directory: Path, step: int, model_state: Mapping[str, torch.Tensor],
+                    sidecar: Mapping[str, Any], training_state: Mapping[str, Any],
+                    ema_state: Optional[Mapping[str, torch.Tensor]]) -> None:
+    write_model_files(directory, model_state, {"step": step, **sidecar}, ema_state)
+    torch.save(dict(training_state), directory / STATE_FILE)
+    mode = 0o666 & ~_umask()  # safetensors writes 0600 whatever the umask
+    for file in directory.iterdir():
+        os.chmod(file, mode)
+        _fsync(file)
+    _fsync(directory)
+
+
+def _install(root: Path, staging: Path, final: Path) -> None:
+    """Rename the complete checkpoint `staging` to `final`, replacing an existing `final`.
+
+    When `final` exists, `latest` first names the new checkpoint under its staging name, then
+    the old one under its retired name while `final` is briefly absent, then `final`: it names a
+    complete checkpoint at every instant, and `recover` can finish the swap from any point.
+    """
+    if not final.exists():
+        os.replace(staging, final)
+        _fsync(root)
+        _point_latest(root, final.name)
+        return
+    retired = root / (RETIRED_PREFIX + staging.name[len(STAGING_PREFIX):])
+    _point_latest(root, staging.name)
+    os.replace(final, retired)
+    _point_latest(root, retired.name)
+    os.replace(staging, final)
+    _point_latest(root, final.name)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -91,44 +158,87 @@ def save_checkpoint(
     training_state: Mapping[str, Any],
     ema_state: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Path:
-    """Write checkpoint `step` under `root` atomically and point `root/latest` at it."""
+    """Write checkpoint `step` under `root` crash-safely and point `root/latest` at it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    staging = root / f"{STAGING_PREFIX}{final.name}-{secrets.token_hex(4)}"
+    staging.mkdir()  # not tempfile.mkdtemp: that makes it 0700 whatever the umask
     try:
-        write_model_files(staging, model_state, {"step": step, **sidecar}, ema_state)
-        torch.save(dict(training_state), staging / STATE_FILE)
-        if final.exists():
-            retired = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.old."))
-            os.replace(final, retired / final.name)
-            os.replace(staging, final)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, final)
+        _write_contents(staging, step, model_state, sidecar, training_state, ema_state)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    _install(root, staging, final)
     return final
 
 
-def resolve_checkpoint(spec: Union[str, Path], root: Union[str, Path, None] = None) -> Path:
-    """The checkpoint directory for `spec`: 'latest' (via `root/latest`), a directory or a file in one."""
-    if str(spec) == "latest":
-        if root is None:
-            raise ValueError("'latest' needs a checkpoint root directory")
-        pointer = Path(root) / LATEST_FILE
-        if not pointer.is_file():
-            raise FileNotFoundError(f"no checkpoint to resume: {pointer} does not exist")
-        directory = Path(root) / pointer.read_text().strip()
-    else:
-        directory = Path(spec)
+def _swap_parts(name: str) -> Optional[tuple]:
+    """(final name, token) of a staging or retired directory name, else None."""
+    for prefix in (STAGING_PREFIX, RETIRED_PREFIX):
+        if name.startswith(prefix):
+            final, _, token = name[len(prefix):].rpartition("-")
+            if step_of(final) is not None and token:
+                return final, token
+    return None
+
+
+def recover(root: Union[str, Path]) -> List[str]:
+    """Finish a re-save that a crash interrupted, then delete what interrupted writes left
+    behind (staging directories, retired copies, pointer temp files). Returns what it did."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    notes: List[str] = []
+    target = pointer_target(root)
+    parts = _swap_parts(target.name) if target is not None else None
+    if parts is not None:
+        final, token = root / parts[0], parts[1]
+        staging = root / f"{STAGING_PREFIX}{final.name}-{token}"
+        if staging.is_dir():  # the new copy was complete once `latest` named it
+            _install(root, staging, final)
+        elif not (final.is_dir() and is_complete(final)) and target.is_dir():
+            os.replace(target, final)
+        _point_latest(root, final.name)
+        notes.append(f"finished the interrupted save of {final}")
+    leftovers = [p for p in root.iterdir() if p.name.startswith(LEFTOVER_PREFIXES)]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if leftovers:
+        notes.append(f"removed {len(leftovers)} leftover(s) of interrupted checkpoint writes in {root}")
+    return notes
+
+
+def resume_candidates(spec: Union[str, Path], root: Union[str, Path, None] = None) -> List[Path]:
+    """Checkpoints to try, in order, for `--resume spec`. 'latest' (of `root`), a run directory,
+    its `checkpoints/` directory or pointer give the newest checkpoint, then every older one as
+    fallbacks; a step directory (or a file in one) gives only itself."""
+    if str(spec) == "latest" and root is None:
+        raise ValueError("'latest' needs a checkpoint root directory")
+    directory_root = Path(root) if str(spec) == "latest" else checkpoint_root_of(spec)
+    if directory_root is None:
+        directory = resolve_checkpoint_path(spec)
         if directory.is_file():
             directory = directory.parent
-    if not (directory / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"{directory} is not a CLIMP checkpoint (no {MODEL_FILE})")
-    return directory
+        if not (directory / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{directory} is not a CLIMP checkpoint (no {MODEL_FILE})")
+        return [directory]
+    if not directory_root.is_dir():
+        raise FileNotFoundError(f"no checkpoint to resume: {directory_root} does not exist")
+    first = latest_checkpoint(directory_root)
+    newest = step_of(first)
+    older = [d for d in step_directories(directory_root)
+             if d != first and (newest is None or step_of(d) < newest)]
+    return [first] + older
+
+
+def resolve_checkpoint(spec: Union[str, Path], root: Union[str, Path, None] = None) -> Path:
+    """The checkpoint directory for `spec`: 'latest' (of `root`), a run, `checkpoints/` or step
+    directory, the `latest` pointer, or a file in a step directory."""
+    return resume_candidates(spec, root)[0]
 
 
 def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
@@ -139,20 +249,38 @@ def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: Union[str, Path]) -> LoadedCheckpoint:
-    """Read weights, EMA weights and sidecar of a checkpoint directory (or a file in it)."""
+    """Read weights, EMA weights and sidecar of a checkpoint (any form `resolve_checkpoint` takes)."""
     directory = resolve_checkpoint(path)
-    config_path = directory / CONFIG_FILE
-    try:
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"corrupt checkpoint config {config_path}: {err}") from err
     ema_path = directory / EMA_FILE
     return LoadedCheckpoint(
         directory=directory,
         weights=_read_weights(directory / MODEL_FILE),
         ema_weights=_read_weights(ema_path) if ema_path.is_file() else None,
-        config=config,
+        config=read_sidecar(directory),
     )
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint read for resuming: where it is, its weights and sidecar, its training state."""
+
+    directory: Path
+    loaded: LoadedCheckpoint
+    state: Dict[str, Any]
+
+
+def load_for_resume(spec: Union[str, Path], root: Union[str, Path]) -> ResumePoint:
+    """The newest readable checkpoint among `resume_candidates(spec, root)`; an unreadable one
+    is skipped with a CheckpointWarning naming it and the checkpoint used instead."""
+    candidates = resume_candidates(spec, root)
+    for directory, fallback in zip(candidates, candidates[1:]):
+        try:
+            return ResumePoint(directory, read_checkpoint(directory), read_training_state(directory))
+        except (ValueError, OSError) as err:
+            warnings.warn(f"cannot resume from {directory}: {err}; falling back to the previous "
+                          f"checkpoint {fallback}", CheckpointWarning)
+    last = candidates[-1]
+    return ResumePoint(last, read_checkpoint(last), read_training_state(last))
 
 
 def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -179,8 +307,10 @@ def read_training_state(directory: Union[str, Path]) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {directory} has no {STATE_FILE}; cannot resume from it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"corrupt training state {path}: {err}") from err
+    except Exception as err:  # torch's message advises unsafe loading, which never applies here
+        raise ValueError(f"corrupt training state {path}: not a readable training-state file "
+                         f"(damaged, or holding objects beyond tensors and plain data; "
+                         f"{type(err).__name__})") from err
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -194,6 +324,18 @@ def capture_rng_state() -> Dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_state_bytes() -> bytes:
+    """`capture_rng_state()` serialised, for gathering across ranks (all_gather_object cannot
+    carry the tensors themselves: unpickling their storages fails)."""
+    buffer = io.BytesIO()
+    torch.save(capture_rng_state(), buffer)
+    return buffer.getvalue()
+
+
+def rng_state_from_bytes(data: bytes) -> Dict[str, Any]:
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:

@@ -74,7 +74,10 @@ HELP: Dict[str, str] = {
     "save_every": "write a checkpoint every N steps (0: only at the end)",
     "name": "run name (default: <model>-<loss>); outputs go to <output-dir>/<name>",
     "output_dir": "directory holding runs",
-    "resume": "resume from 'latest' (this run's newest checkpoint) or a checkpoint path",
+    "resume": "resume from 'latest' (this run's newest checkpoint), a run directory, its "
+              "checkpoints/ directory or a step directory",
+    "resume_override": "resume although batch size, lr, schedule, model or other run settings "
+                       "differ from the checkpoint's, continuing with the new values",
     "tensorboard": "also log to TensorBoard under <run>/tensorboard",
     "progress": "show a progress bar",
     "device": "auto (GPU when available), cpu or cuda",
@@ -92,7 +95,7 @@ GROUPS = {
                      "beta1", "beta2", "eps", "grad_clip", "loss", "local_loss",
                      "gather_with_grad", "precision", "ema_decay", "seed"),
     "evaluation and output": ("eval_every", "eval_embedded", "eval_samples", "retrieval_samples", "log_every",
-                              "save_every", "name", "output_dir", "resume", "tensorboard",
+                              "save_every", "name", "output_dir", "resume", "resume_override", "tensorboard",
                               "progress", "device"),
 }
 

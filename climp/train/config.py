@@ -76,6 +76,7 @@ class TrainConfig(FromDict):
     name: Optional[str] = None
     output_dir: str = "runs"
     resume: Optional[str] = None
+    resume_override: bool = False
     tensorboard: bool = False
     progress: bool = True
     device: str = "auto"

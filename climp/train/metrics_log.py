@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -9,7 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 class MetricsLogger:
     """Appends metric dicts to `<run_dir>/metrics.jsonl` (and TensorBoard when asked)."""
 
-    def __init__(self, run_dir: Union[str, Path], tensorboard: bool = False):
+    def __init__(self, run_dir: Union[str, Path], tensorboard: bool = False,
+                 purge_step: Optional[int] = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -20,7 +22,8 @@ class MetricsLogger:
             except ImportError as err:
                 raise ValueError("--tensorboard needs the tensorboard package "
                                  "(pip install 'climp[tensorboard]')") from err
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            # purge_step drops events a resumed run is about to log again
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, record: Mapping[str, Any], prefix: str = "train") -> None:
         """Write one record; numeric fields also go to TensorBoard as `<prefix>/<key>`."""
@@ -41,6 +44,28 @@ def read_metrics(path: Union[str, Path]) -> List[Dict[str, Any]]:
     """All records of a metrics.jsonl file, in order."""
     with Path(path).open() as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def count_records(path: Union[str, Path]) -> int:
+    """Number of records in a metrics.jsonl file (0 when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with path.open() as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def truncate_metrics(path: Union[str, Path], step: int, records: Optional[int] = None) -> None:
+    """Cut a metrics.jsonl back to what was logged up to `step` (the first `records` records when
+    known, as the checkpoint saw them; in any case none after `step`), replacing it atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path)[:records] if r.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        handle.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    os.replace(tmp, path)
 
 
 def plot_loss_curve(records: List[Dict[str, Any]], out_path: Union[str, Path], title: Optional[str] = None) -> Path:

@@ -15,9 +15,10 @@ import json
 import math
 import random
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,10 +33,13 @@ from .distributed import (DistributedContext, barrier, gather_objects, init_dist
                           sum_across_ranks)
 from .ema import ModelEma
 from .loss import MAX_LOGIT_SCALE, create_loss, logit_init_overrides
-from .metrics_log import MetricsLogger, plot_loss_curve, read_metrics
+from .metrics_log import MetricsLogger, count_records, plot_loss_curve, read_metrics, truncate_metrics
 from .optim import create_optimizer, create_scheduler
 from .precision import autocast, grad_scaler
 from .quick_eval import quick_evaluate
+from .resume_checks import (apply_hyperparameters, changed_settings, check_before_building,
+                            check_resume_settings, convert_batch_position, describe, hyperparameters)
+from .stopping import StopRequest, TrainingStopped
 
 FINAL_LOSS_STEPS = 20  # the reported final loss is the mean over this many last steps
 
@@ -58,7 +62,10 @@ def build_components(config: TrainConfig) -> TrainComponents:
     import climp
     from climp.data import synthetic
     from climp.data.collate import ImageTextCollate, TruncatingTokenizer
+    from climp.models.clip import check_image_size
+    from climp.models.factory import get_model_config
 
+    check_image_size(get_model_config(config.model)["vision_cfg"], config.resolution, config.model)
     model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
         config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
         text_pretrained=config.text_pretrained, **logit_init_overrides(config.loss))
@@ -160,15 +167,22 @@ class Trainer:
         self.scheduler = create_scheduler(self.optimizer, config.warmup, config.steps)
         self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
+        self.samples_seen = 0
+        self.last_saved_step: Optional[int] = None
+        self.resume_history: List[Dict[str, Any]] = []
         self.stream = BatchStream(self.components.train_dataset, self.components.collate_fn,
                                   config.batch_size, self.context.rank, self.context.world_size,
                                   config.seed, config.accum_freq, config.workers,
                                   equalize=lambda size: min_across_ranks(size, self.context))
         self.checkpoint_root = config.run_dir / "checkpoints"
-        self.logger = MetricsLogger(config.run_dir, config.tensorboard) if self.context.is_main else None
         self.train_seconds = 0.0
+        self.stop_request = StopRequest(announce=self.context.is_main)
+        self._recover_checkpoints()
         if config.resume:
             self.resume(config.resume)
+        self.logger = (MetricsLogger(config.run_dir, config.tensorboard,
+                                     purge_step=self.step + 1 if config.resume else None)
+                       if self.context.is_main else None)
 
     # ----------------------------------------------------------------- state
     @property
@@ -180,13 +194,23 @@ class Trainer:
         """The EMA weights when EMA is on (evaluation follows CLIP-Mamba), else the live model."""
         return self.ema.module if self.ema is not None else self.model
 
+    def _recover_checkpoints(self) -> None:
+        """Finish or clean up what a crash during a save left in the checkpoint directory."""
+        if self.context.is_main:
+            for note in ckpt.recover(self.checkpoint_root):
+                print(f"climp: {note}")
+        barrier(self.context)
+
     def save(self) -> None:
         """Write a checkpoint of the current step (collective: every rank must call it)."""
-        rng_states = gather_objects(ckpt.capture_rng_state(), self.context)
+        rng_states = [ckpt.rng_state_from_bytes(b)
+                      for b in gather_objects(ckpt.rng_state_bytes(), self.context)]
         if self.context.is_main:
             state = {
                 "step": self.step,
-                "samples_seen": self.step * self.global_batch,
+                "samples_seen": self.samples_seen,
+                "resume_history": self.resume_history,
+                "metrics_records": count_records(self.config.run_dir / "metrics.jsonl"),
                 "data": self.stream.position,
                 "world_size": self.context.world_size,
                 "optimizer": self.optimizer.state_dict(),
@@ -199,37 +223,61 @@ class Trainer:
             # model_name/model_cfg are what climp.load_checkpoint rebuilds the model from.
             sidecar = {"model_name": self.config.model, "model_cfg": self.components.model_cfg,
                        "train": self.config.to_dict()}
+            if self.resume_history:  # settings changed by --resume-override, and from which step
+                sidecar["resume_overrides"] = self.resume_history
             ckpt.save_checkpoint(self.checkpoint_root, self.step, self.model.state_dict(), sidecar,
                                  state, self.ema.state_dict() if self.ema is not None else None)
+        self.last_saved_step = self.step
         barrier(self.context)
 
     def resume(self, spec: str) -> None:
-        """Restore weights, optimiser, schedule, scaler, EMA, RNG and data position."""
-        directory = ckpt.resolve_checkpoint(spec, self.checkpoint_root)
-        loaded = ckpt.read_checkpoint(directory)
-        saved_model = loaded.config.get("model_name")
-        if saved_model is not None and saved_model != self.config.model:
-            raise ValueError(f"checkpoint {directory} is for model {saved_model!r}, "
-                             f"not {self.config.model!r}")
+        """Restore weights, optimiser, schedule, scaler, EMA, RNG and data position. Run settings
+        that differ from the checkpoint's are an error unless `resume_override` is set; then the
+        new values are used from here on and recorded in the checkpoints' `resume_overrides`."""
+        point = ckpt.load_for_resume(spec, self.checkpoint_root)
+        directory, loaded, state = point.directory, point.loaded, point.state
+        saved = loaded.config.get("train", {})
+        changes = changed_settings(saved, self.config, state["world_size"], self.context.world_size)
+        check_resume_settings(changes, self.config.resume_override, directory)
         ckpt.load_weights_strict(self.model, loaded.weights, f"checkpoint {directory}")
-        state = ckpt.read_training_state(directory)
         if self.ema is not None:
-            if loaded.ema_weights is None:
-                raise ValueError(f"checkpoint {directory} has no EMA weights but --ema-decay is set")
-            ckpt.load_weights_strict(self.ema.module, loaded.ema_weights, f"EMA of checkpoint {directory}")
-            self.ema.updates = state["ema_updates"]
-        if state["world_size"] != self.context.world_size:
-            raise ValueError(f"checkpoint {directory} was written by {state['world_size']} ranks; "
-                             f"resume with the same number (now {self.context.world_size})")
+            self._restore_ema(loaded.ema_weights, state, directory)
+        fresh = hyperparameters(self.optimizer)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if changes:
+            apply_hyperparameters(self.optimizer, self.scheduler, fresh)
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
+        saved_micro_batch = saved.get("batch_size", self.config.batch_size) * state["world_size"]
+        self.samples_seen = state.get("samples_seen",
+                                      self.step * saved_micro_batch * saved.get("accum_freq", 1))
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.resume_history = list(state.get("resume_history", []))
         self.stream.epoch = state["data"]["epoch"]
-        self.stream.batch_in_epoch = state["data"]["batch_in_epoch"]
-        ckpt.restore_rng_state(state["rng"][self.context.rank])
+        self.stream.batch_in_epoch = convert_batch_position(
+            state["data"]["batch_in_epoch"], saved_micro_batch, self.config.batch_size * self.context.world_size)
+        if self.context.rank < len(state["rng"]):
+            ckpt.restore_rng_state(state["rng"][self.context.rank])
+        if changes:
+            self.resume_history.append({"step": self.step,
+                                        "changes": {k: [old, new] for k, (old, new) in changes.items()}})
+            if self.context.is_main:
+                warnings.warn(f"resuming from {directory} with changed settings (--resume-override): "
+                              f"{describe(changes)}", UserWarning)
+        if self.context.is_main:
+            truncate_metrics(self.config.run_dir / "metrics.jsonl", self.step, state.get("metrics_records"))
+
+    def _restore_ema(self, ema_weights: Optional[Dict[str, torch.Tensor]], state: Mapping[str, Any],
+                     directory: Any) -> None:
+        if ema_weights is not None:
+            ckpt.load_weights_strict(self.ema.module, ema_weights, f"EMA of checkpoint {directory}")
+            self.ema.updates = state["ema_updates"]
+        elif self.config.resume_override:  # EMA switched on now: it starts from the restored weights
+            self.ema.module.load_state_dict(self.model.state_dict())
+        else:
+            raise ValueError(f"checkpoint {directory} has no EMA weights but --ema-decay is set")
 
     # ------------------------------------------------------------------ step
     def _to_device(self, batch: Sequence[torch.Tensor]) -> tuple:
@@ -289,6 +337,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
+        self.samples_seen += self.global_batch
         return mean_across_ranks(loss.float(), self.context)
 
     # ------------------------------------------------------------------ eval
@@ -305,7 +354,12 @@ class Trainer:
 
     # ------------------------------------------------------------------- run
     def run(self) -> Dict[str, Any]:
-        """Train to `config.steps`, evaluate, write results.json and the loss curve."""
+        """Train to `config.steps`, evaluate, write results.json and the loss curve. SIGINT or
+        SIGTERM stops after the current step with a checkpoint (raises TrainingStopped)."""
+        with self.stop_request.installed():
+            return self._run()
+
+    def _run(self) -> Dict[str, Any]:
         config = self.config
         run_start = time.perf_counter()
         bar = tqdm(total=config.steps, initial=self.step, desc=f"train {config.model}",
@@ -322,7 +376,7 @@ class Trainer:
             recent_losses.append(loss.item())
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; "
-                                         "lower --lr or use --precision fp32")
+                                         f"{_nan_loss_hint(config.precision)}")
             if self.step % config.log_every == 0 or self.step == config.steps:
                 elapsed = time.perf_counter() - window_start
                 record = {
@@ -341,8 +395,12 @@ class Trainer:
                 self.evaluate()
             if config.save_every and self.step % config.save_every == 0 and self.step < config.steps:
                 self.save()
+            if self.stop_request.agreed(self.context):
+                self._stop(bar)
         bar.close()
         self.save()
+        if self.stop_request.agreed(self.context):
+            self._stop(bar)
         metrics = self.evaluate()
         data_report = self._data_report()
         results: Dict[str, Any] = {}
@@ -367,6 +425,16 @@ class Trainer:
                 "truncated_captions": sum_across_ranks(self.stream.truncated_captions, self.context),
                 "max_caption_tokens": self.config.max_caption_tokens}
 
+    def _stop(self, bar: Any) -> NoReturn:
+        """After a stop signal: save this step (unless just saved), flush logs, raise TrainingStopped."""
+        bar.close()
+        if self.last_saved_step != self.step:
+            self.save()
+        if self.logger is not None:
+            self.logger.close()
+        raise TrainingStopped(self.stop_request.signal_name, self.step, self.config.steps,
+                              str(self.checkpoint_root / ckpt.checkpoint_name(self.step)))
+
     def _write_results(self, metrics: Dict[str, float], final_loss: Mapping[str, Any],
                        data_report: Mapping[str, Any], wall_seconds: float) -> Dict[str, Any]:
         config = self.config
@@ -375,7 +443,7 @@ class Trainer:
             "loss": config.loss,
             "steps": self.step,
             "global_batch": self.global_batch,
-            "samples_seen": self.step * self.global_batch,
+            "samples_seen": self.samples_seen,
             "world_size": self.context.world_size,
             **final_loss,
             "train_seconds": self.train_seconds,
@@ -390,6 +458,12 @@ class Trainer:
         records = read_metrics(run_dir / "metrics.jsonl")
         plot_loss_curve(records, run_dir / "loss_curve.png", title=f"{config.model} ({config.loss} loss)")
         return results
+
+
+def _nan_loss_hint(precision: str) -> str:
+    if precision == "fp32":
+        return "lower --lr or lengthen --warmup"
+    return "lower --lr or use --precision fp32"
 
 
 def format_results(results: Mapping[str, Any]) -> str:
@@ -433,6 +507,7 @@ def train(config: Union[TrainConfig, Mapping[str, Any]],
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
+    check_before_building(config)
     started_group = not torch.distributed.is_initialized()
     try:
         return Trainer(config, components).run()
