@@ -152,3 +152,24 @@ def test_threaded_kernel_matches_reference(monkeypatch, batch):
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("forward_type", ["v05_noz", "v2"])
+def test_vmamba_tower_fused_equals_unfused(forward_type):
+    from climp.models.vmamba import VMambaConfig, VMambaVisionTower
+
+    cfg = dict(dims=[8, 16, 24, 32], depths=[1, 2, 1, 1], d_state=1, forward_type=forward_type, drop_path_rate=0.0,
+               pool="pyramid")
+    torch.manual_seed(0)
+    fused = VMambaVisionTower(VMambaConfig.from_dict(cfg), embed_dim=8).double()
+    unfused = VMambaVisionTower(VMambaConfig.from_dict({**cfg, "scan_backend": "cpu"}), embed_dim=8).double()
+    unfused.load_state_dict(fused.state_dict())
+    assert list(fused.state_dict()) == list(unfused.state_dict())
+    images = torch.randn(2, 3, 32, 64, dtype=torch.float64)
+    out_fused, out_unfused = fused(images), unfused(images)
+    torch.testing.assert_close(out_fused, out_unfused, rtol=1e-10, atol=1e-10)
+    out_fused.pow(2).sum().backward()
+    out_unfused.pow(2).sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), unfused.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=f"gradient of {name}")

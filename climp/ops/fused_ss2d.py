@@ -7,12 +7,13 @@ projection, dt bias, A and D (direction-major, as VMamba stores them). It return
 directions' scans summed back onto the grid, channel-last (batch, H, W, dim), which is what the
 layer norm after it reads.
 
-On the CPU it runs the custom op `climp::ss2d_scan` (csrc/ss2d_impl.h): traversals are index
-arithmetic, the merge accumulates in the kernel and the dt projection runs in registers, so no
-(batch, 4, dim, pixels) tensor is made; autograd saves only the op's inputs. Elsewhere (CUDA),
-with an explicit non-CPU scan backend, or when a twice-differentiable graph is needed (inside
-`double_backward_mode()`), it runs `ss2d_reference`: cross_scan, the dt projection, one grouped
-selective_scan and cross_merge, in PyTorch ops (the reference the fused op is tested against).
+With backend "auto" on the CPU (and on the meta device, for shapes and FLOP counts) it runs the
+custom op `climp::ss2d_scan` (csrc/ss2d_impl.h): traversals are index arithmetic, the merge
+accumulates in the kernel and the dt projection runs in registers, so no (batch, 4, dim, pixels)
+tensor is made; autograd saves only the op's inputs. Elsewhere (CUDA), with a named scan backend
+("cpu" included), or when a twice-differentiable graph is needed (inside `double_backward_mode()`),
+it runs `ss2d_reference`: cross_scan, the dt projection, one grouped `selective_scan(backend=...)`
+and cross_merge in PyTorch ops (the unfused path the fused op is tested against).
 """
 from __future__ import annotations
 
@@ -179,9 +180,9 @@ def _ss2d_flop_formula(u_shape, xdbl_shape, dt_weight_shape, dt_bias_shape, A_sh
 
 
 def fused_ss2d_available(u: torch.Tensor, backend: str = "auto") -> bool:
-    """Whether `ss2d(u, ..., backend=backend)` runs the fused op (CPU or meta tensors, backend
-    "auto" or "cpu", the kernel builds)."""
-    if backend not in ("auto", "cpu") or u.device.type not in ("cpu", "meta"):
+    """Whether `ss2d(u, ..., backend=backend)` runs the fused op: CPU (kernel built) or meta
+    tensors and backend "auto" (a named backend, "cpu" included, selects the unfused path)."""
+    if backend != "auto" or u.device.type not in ("cpu", "meta"):
         return False
     if u.device.type == "meta":
         return True
@@ -205,7 +206,7 @@ def ss2d(
     """SS2D of a channel-last map: (batch, H, W, dim) -> (batch, H, W, dim) (see module docstring).
 
     dt_weight: (4, dim, rank); dt_bias, D: 4 * dim values or None; A: (4 * dim, d_state).
-    backend: "auto" (fused on the CPU) or a selective-scan backend for the unfused path.
+    backend: "auto" (fused on the CPU) or a selective-scan backend name for the unfused path.
     """
     check_ss2d_inputs(u, xdbl, dt_weight, dt_bias, A, D)
     inputs = (u, xdbl, dt_weight, dt_bias, A, D)
