@@ -39,11 +39,19 @@ static inline FN(ss2d_dir_t) FN(ss2d_dir)(int k, int64_t height, int64_t width) 
 /* count <= LANES channels at p as a vector (zero beyond count), and back. */
 static inline VEC FN(ss2d_load)(const REAL *p, int count) {
     VEC v = {0};
-    memcpy(&v, p, count * sizeof(REAL));
+    if (count == LANES) /* a constant size: one vector load, no library call */
+        memcpy(&v, p, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) v[j] = p[j];
     return v;
 }
 
-static inline void FN(ss2d_store)(REAL *p, VEC v, int count) { memcpy(p, &v, count * sizeof(REAL)); }
+static inline void FN(ss2d_store)(REAL *p, VEC v, int count) {
+    if (count == LANES)
+        memcpy(p, &v, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) p[j] = v[j];
+}
 
 /* Per-block, per-direction constants (lane = channel; 0 beyond the block). */
 typedef struct {
@@ -105,6 +113,11 @@ static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k,
         }
 }
 
+/* Largest per-thread vector accumulator of one batch element's dxdbl (see ss2d_bwd_dir). */
+#ifndef SS2D_VEC_ACC_BYTES
+#define SS2D_VEC_ACC_BYTES ((int64_t)16 << 20)
+#endif
+
 static inline int64_t FN(ss2d_threads)(int64_t items, int nthreads) {
     return nthreads < 1 ? 1 : (items < nthreads ? (items < 1 ? 1 : items) : nthreads);
 }
@@ -148,11 +161,13 @@ typedef struct {
 } FN(ss2d_scratch_t);
 
 /* One direction of one block backward: recompute the states forward, then run the adjoint in
- * reverse, writing du (+)= and adding the channel sums of the dt input's, B's and C's gradients
- * into dx (a (batch element's) copy of dxdbl's layout). */
+ * reverse, writing du (+)= and adding the gradients of the dt input, B and C into dx (a batch
+ * element's part of dxdbl's layout) summed over the block's channels, or, when dxv is given,
+ * into dxv (same layout, one vector per entry) lane by lane, to be summed over lanes once
+ * after every block of the batch element is done. */
 static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
     int N, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
-    int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
+    VEC *dxv, int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
     FN(ss2d_scratch_t) *s) {
     int64_t Q = rank + 2 * nstate, stride = 4 * Q, groups = (Q + LANES - 1) / LANES;
     const VEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate, *a = c->a + k * nstate;
@@ -205,6 +220,11 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
             REAL *dup = du + p * dim;
             VEC g_u = dt * s1 + c->D[k] * dy;
             FN(ss2d_store)(dup, k ? FN(ss2d_load)(dup, count) + g_u : g_u, count);
+            if (dxv) {
+                VEC *acc = dxv + p * stride + k * Q;
+                for (int64_t q = 0; q < Q; ++q) acc[q] += s->sums[q];
+                continue;
+            }
             REAL *dxp = dx + p * stride + k * Q;
             for (int64_t gq = 0; gq < groups; ++gq) {
                 VEC tot = FN(lane_sums8)(s->sums + gq * LANES);
@@ -217,7 +237,7 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
 /* One batch element's block, all four directions; adds the block's parameter gradients into
  * the thread's sums (layout of dtw, then bias, A, D). */
 static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
-                               int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
+                               VEC *dxv, int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
                                int64_t first, int count, const FN(ss2d_consts_t) *c, int softplus,
                                FN(ss2d_scratch_t) *s, REAL *psum) {
     REAL *pdtw = psum, *pbias = pdtw + 4 * dim * rank, *pA = pbias + 4 * dim, *pD = pA + 4 * dim * nstate;
@@ -226,10 +246,12 @@ static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout
         for (int64_t r = 0; r < rank; ++r) s->dw[r] = (VEC){0};
         for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (VEC){0};
         s->dbias = s->dD = (VEC){0};
-        if (nstate == 1)
-            FN(ss2d_bwd_dir)(1, k, d, u, xdbl, dout, du, dx, dim, rank, 1, count, c, softplus, s);
+        if (nstate == 1 && dxv)
+            FN(ss2d_bwd_dir)(1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
+        else if (nstate == 1)
+            FN(ss2d_bwd_dir)(1, k, d, u, xdbl, dout, du, dx, NULL, dim, rank, 1, count, c, softplus, s);
         else
-            FN(ss2d_bwd_dir)(nstate, k, d, u, xdbl, dout, du, dx, dim, rank, nstate, count, c, softplus, s);
+            FN(ss2d_bwd_dir)(nstate, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c, softplus, s);
         for (int j = 0; j < count; ++j) {
             int64_t ch = k * dim + first + j;
             for (int64_t r = 0; r < rank; ++r) pdtw[ch * rank + r] += s->dw[r][j];
@@ -247,6 +269,8 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     int64_t L = height * width, nblocks = (dim + LANES - 1) / LANES, Q = rank + 2 * nstate;
     int64_t x_size = batch * L * 4 * Q, groups = (Q + LANES - 1) / LANES;
     int64_t per_batch = batch >= nthreads; /* whole batch elements per item: dxdbl in place */
+    /* per batch element and thread, lane-wise sums of dxdbl (see ss2d_bwd_dir) where they fit */
+    int64_t vec_acc = per_batch && L * 4 * Q * (int64_t)sizeof(VEC) <= SS2D_VEC_ACC_BYTES;
     int64_t items = per_batch ? batch : batch * nblocks;
     int team = (int)FN(ss2d_threads)(items, nthreads);
     size_t psize = 4 * dim * (rank + nstate + 2);
@@ -271,18 +295,26 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         c.w = s.w + nstate * L, c.a = c.w + 4 * rank, c.a_scaled = c.a + 4 * nstate;
         s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.carry = s.dA + nstate, s.sums = s.carry + nstate;
         REAL *psum = psums + tid * psize;
+        VEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + LANES) * sizeof(VEC)) : NULL;
 #pragma omp for schedule(dynamic)
         for (int64_t item = 0; item < items; ++item) {
             int64_t b = per_batch ? item : item / nblocks;
             int64_t j0 = per_batch ? 0 : item % nblocks, j1 = per_batch ? nblocks : j0 + 1;
+            if (dxv) memset(dxv, 0, (L * 4 * Q + LANES) * sizeof(VEC));
             for (int64_t j = j0; j < j1; ++j) {
                 int64_t first = j * LANES, off = b * L * dim + first;
                 int count = dim - first < LANES ? (int)(dim - first) : LANES;
                 FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
-                FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q,
+                FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
                                    height, width, dim, rank, nstate, first, count, &c, softplus, &s, psum);
             }
+            for (int64_t i = 0; dxv && i < L * 4 * Q; i += LANES) { /* lane sums, 8 entries at a time */
+                VEC tot = FN(lane_sums8)(dxv + i);
+                int64_t m = L * 4 * Q - i < LANES ? L * 4 * Q - i : LANES;
+                memcpy(dx_acc + b * L * 4 * Q + i, &tot, m * sizeof(REAL));
+            }
         }
+        free(dxv);
         free(mem);
         if (partials) { /* the items loop's barrier has every partial complete */
 #pragma omp for schedule(static)
