@@ -156,17 +156,17 @@ void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
  * e = exp(dt a) and w = e h_{t-1}; gradient sums of the current block (lane = channel). */
 typedef struct {
     VEC *dt, *sig, *e, *w;
-    VEC *dw, *dA, *carry, *sums; /* dw [rank], dA [nstate], carry [nstate], sums [8 * ceil(Q / 8)] */
+    VEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [8 * ceil(Q / 8)] */
     VEC dbias, dD;
 } FN(ss2d_scratch_t);
 
 /* One direction of one block backward: recompute the states forward, then run the adjoint in
  * reverse, writing du (+)= and adding the gradients of the dt input, B and C into dx (a batch
- * element's part of dxdbl's layout) summed over the block's channels, or, when dxv is given,
- * into dxv (same layout, one vector per entry) lane by lane, to be summed over lanes once
- * after every block of the batch element is done. */
+ * element's part of dxdbl's layout) summed over the block's channels, or, with vacc, into dxv
+ * (same layout, one vector per entry) lane by lane, to be summed over lanes once after every
+ * block of the batch element is done. */
 static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
-    int N, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
+    int N, int vacc, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
     VEC *dxv, int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
     FN(ss2d_scratch_t) *s) {
     int64_t Q = rank + 2 * nstate, stride = 4 * Q, groups = (Q + LANES - 1) / LANES;
@@ -191,23 +191,27 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
                 s->w[t * N + n] = wn;
             }
         }
-    for (int64_t n = 0; n < N; ++n) s->carry[n] = (VEC){0};
+    VEC carry[N], dA[N];
+    for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = (VEC){0};
     for (int64_t q = Q; q < groups * LANES; ++q) s->sums[q] = (VEC){0};
     for (int64_t o = d.no - 1; o >= 0; --o)
         for (int64_t i = d.ni - 1; i >= 0; --i) {
             --t;
             int64_t p = d.p0 + o * d.so + i * d.si;
             const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank, *Cp = Bp + nstate;
+            /* this step's gradients of the dt input, B and C, one vector each (lane = channel) */
+            VEC *acc = vacc ? dxv + p * stride + k * Q : s->sums;
             VEC dy = FN(ss2d_load)(dout + p * dim, count), uv = FN(ss2d_load)(u + p * dim, count);
             VEC dt = s->dt[t], dtu = dt * uv, s1 = {0}, s2 = {0};
             for (int64_t n = 0; n < N; ++n) {
-                VEC wn = s->w[t * N + n], g = dy * Cp[n] + s->carry[n], q = g * wn;
-                s->sums[rank + n] = g * dtu;                          /* dB */
-                s->sums[rank + nstate + n] = dy * (wn + dtu * Bp[n]); /* dC = dy h */
+                VEC wn = s->w[t * N + n], g = dy * Cp[n] + carry[n], q = g * wn;
+                VEC gB = g * dtu, gC = dy * (wn + dtu * Bp[n]); /* dC = dy h */
+                acc[rank + n] = vacc ? acc[rank + n] + gB : gB;
+                acc[rank + nstate + n] = vacc ? acc[rank + nstate + n] + gC : gC;
                 s1 += g * Bp[n];
                 s2 += q * a[n];
-                s->dA[n] += q * dt;
-                s->carry[n] = s->e[t * N + n] * g;
+                dA[n] += q * dt;
+                carry[n] = s->e[t * N + n] * g;
             }
             VEC ddt = uv * s1 + s2;
             if (softplus) ddt *= s->sig[t];
@@ -215,16 +219,12 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
             s->dD += dy * uv;
             for (int64_t r = 0; r < rank; ++r) {
                 s->dw[r] += ddt * x[r];
-                s->sums[r] = w[r] * ddt;
+                acc[r] = vacc ? acc[r] + w[r] * ddt : w[r] * ddt;
             }
             REAL *dup = du + p * dim;
             VEC g_u = dt * s1 + c->D[k] * dy;
             FN(ss2d_store)(dup, k ? FN(ss2d_load)(dup, count) + g_u : g_u, count);
-            if (dxv) {
-                VEC *acc = dxv + p * stride + k * Q;
-                for (int64_t q = 0; q < Q; ++q) acc[q] += s->sums[q];
-                continue;
-            }
+            if (vacc) continue;
             REAL *dxp = dx + p * stride + k * Q;
             for (int64_t gq = 0; gq < groups; ++gq) {
                 VEC tot = FN(lane_sums8)(s->sums + gq * LANES);
@@ -232,6 +232,7 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
                 for (int64_t j = 0; j < m; ++j) dxp[gq * LANES + j] += tot[j];
             }
         }
+    for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
 }
 
 /* One batch element's block, all four directions; adds the block's parameter gradients into
@@ -247,11 +248,12 @@ static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout
         for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (VEC){0};
         s->dbias = s->dD = (VEC){0};
         if (nstate == 1 && dxv)
-            FN(ss2d_bwd_dir)(1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
+            FN(ss2d_bwd_dir)(1, 1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
         else if (nstate == 1)
-            FN(ss2d_bwd_dir)(1, k, d, u, xdbl, dout, du, dx, NULL, dim, rank, 1, count, c, softplus, s);
+            FN(ss2d_bwd_dir)(1, 0, k, d, u, xdbl, dout, du, dx, NULL, dim, rank, 1, count, c, softplus, s);
         else
-            FN(ss2d_bwd_dir)(nstate, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c, softplus, s);
+            FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c,
+                             softplus, s);
         for (int j = 0; j < count; ++j) {
             int64_t ch = k * dim + first + j;
             for (int64_t r = 0; r < rank; ++r) pdtw[ch * rank + r] += s->dw[r][j];
@@ -293,7 +295,7 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         s.dt = mem, s.sig = s.dt + L, s.e = s.sig + L, s.w = s.e + nstate * L;
         FN(ss2d_consts_t) c;
         c.w = s.w + nstate * L, c.a = c.w + 4 * rank, c.a_scaled = c.a + 4 * nstate;
-        s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.carry = s.dA + nstate, s.sums = s.carry + nstate;
+        s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.sums = s.dA + nstate;
         REAL *psum = psums + tid * psize;
         VEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + LANES) * sizeof(VEC)) : NULL;
 #pragma omp for schedule(dynamic)
