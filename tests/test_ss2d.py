@@ -173,3 +173,33 @@ def test_vmamba_tower_fused_equals_unfused(forward_type):
     out_unfused.pow(2).sum().backward()
     for (name, p), q in zip(fused.named_parameters(), unfused.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=f"gradient of {name}")
+
+
+@needs_kernel
+def test_fused_vmamba_block_never_allocates_a_four_direction_tensor():
+    """No tensor of (batch, 4, d_inner, pixels) elements is made in forward or backward (the unfused
+    path makes several: the test would fail there)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from climp.models.vmamba import SS2D
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    torch.manual_seed(0)
+    batch, height, width, d_model = 2, 6, 5, 8
+    four_directions = 4 * batch * 2 * d_model * height * width  # d_inner = 2 * d_model
+    for backend, fused in (("auto", True), ("cpu", False)):
+        op = SS2D(d_model, scan_backend=backend)
+        x = torch.randn(batch, height, width, d_model, requires_grad=True)
+        with LargestOutput() as mode:
+            op(x).sum().backward()
+        assert (mode.largest < four_directions) == fused, (backend, mode.largest)
