@@ -203,3 +203,20 @@ def test_fused_vmamba_block_never_allocates_a_four_direction_tensor():
         with LargestOutput() as mode:
             op(x).sum().backward()
         assert (mode.largest < four_directions) == fused, (backend, mode.largest)
+
+
+@needs_kernel
+def test_compiled_ss2d_block_matches_eager():
+    """torch.compile captures the fused op in one graph (fake impl + registered autograd)."""
+    from climp.models.vmamba import SS2D
+
+    torch.manual_seed(0)
+    op = SS2D(8, d_state=1)
+    x = torch.randn(2, 6, 5, 8, requires_grad=True)
+    want = op(x)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    compiled = torch.compile(op, backend="aot_eager", fullgraph=True)
+    got = compiled(x)
+    (got_grad,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
