@@ -16,7 +16,8 @@
  * the recurrence's layout, so no transposes are needed); its four directions run in turn on one
  * thread, which makes the accumulation into out and du race-free. dxdbl sums over channel blocks:
  * with at least as many batch elements as threads, a thread takes whole batch elements and
- * accumulates in place; otherwise threads accumulate into private copies added at the end.
+ * accumulates in place (lane-wise into a vector buffer, summed over lanes once per batch element,
+ * where that buffer fits); otherwise threads accumulate into private copies added at the end.
  */
 
 /* A traversal: step (o, i) visits pixel p0 + o * so + i * si, o < no outer, i < ni inner steps. */
@@ -289,7 +290,7 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     {
         int tid = omp_get_thread_num();
         REAL *dx_acc = tid && partials ? partials + (tid - 1) * x_size : dxdbl;
-        VEC *mem = scratch_alloc(((2 + 2 * nstate) * L + 4 * rank + 8 * nstate + rank + 2 * nstate +
+        VEC *mem = scratch_alloc(((2 + 2 * nstate) * L + 4 * rank + 8 * nstate + rank + nstate +
                                   groups * LANES) * sizeof(VEC));
         FN(ss2d_scratch_t) s;
         s.dt = mem, s.sig = s.dt + L, s.e = s.sig + L, s.w = s.e + nstate * L;
