@@ -64,3 +64,27 @@ def test_cpu_fused_attention_flops_are_counted():
     q = torch.randn(1, 2, 64, 16)
     counted = count_flops(lambda x: torch.nn.functional.scaled_dot_product_attention(x, x, x), q)["flops"]
     assert counted == 2 * (2 * 2 * 64 * 64 * 16)
+
+
+def test_saved_activations_count_exactly_what_autograd_keeps():
+    from climp.eval.efficiency import measure_saved_activations
+
+    x = torch.randn(1000, requires_grad=True)
+    assert measure_saved_activations(torch.exp, x)["saved_activation_bytes"] == 4000  # exp keeps its result
+
+    def twice(v):  # y is saved twice by y * y (one storage), the product by nothing more
+        y = v.sin()
+        return y * y
+    r = measure_saved_activations(twice, x)
+    assert r["saved_activation_bytes"] == 4000 and r["saved_storages"] == 1  # sin saves x (an input)
+
+    class ExpLinear(torch.nn.Linear):
+        def forward(self, v):
+            return super().forward(torch.exp(v))
+
+    module = ExpLinear(1000, 10)
+    assert measure_saved_activations(module, x)["saved_activation_bytes"] == 4000  # exp's result, also the
+    # matmul's input; the weight (saved by the matmul) is the module's own
+    assert measure_saved_activations(lambda v: module(v), x)["saved_activation_bytes"] == 4000 + 40000
+    with torch.no_grad():
+        assert measure_saved_activations(torch.exp, x)["saved_activation_bytes"] == 4000

@@ -1,9 +1,10 @@
 """VMamba image tower (VMamba v2 layout): SS2D mixers in VSS blocks over a 4-stage pyramid.
 
-Feature maps are channel-last (batch, H, W, channels) inside the stages, as VMamba's
-non-channel-first path; SS2D turns to channel-first only for its depthwise conv and the
-four-direction scan. Module and parameter names follow VMamba's state dict, so its
-checkpoints load after `vmamba_checkpoint_to_tower`.
+Feature maps are channel-last (batch, H, W, channels) throughout, as VMamba's
+non-channel-first path; SS2D's depthwise conv runs on a channel-first view of them
+(channels_last memory format) and the four-direction scan takes them as they are. Module and
+parameter names follow VMamba's state dict, so its checkpoints load after
+`vmamba_checkpoint_to_tower`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from open_clip.transformer import AttentionalPooler
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from climp.ops import cross_merge, cross_scan, selective_scan
+from climp.ops import ss2d
 from ..dataconfig import FromDict
 from .validation import check_images
 
@@ -158,8 +159,8 @@ class GatedMlp(nn.Module):
 class SS2D(nn.Module):
     """2D selective scan: one SSM per traversal (rows, columns, and both reversed) of the map.
 
-    Each direction k has its own x_proj (dt, B, C from the features), dt_proj, A and D; the four
-    scans run as one grouped selective_scan call over channels laid out direction-major.
+    Each direction k has its own x_proj (dt, B, C from the features), dt_proj, A and D
+    (direction-major); `climp.ops.ss2d` runs the four scans and sums them onto the grid.
     Input and output are channel-last (batch, H, W, d_model).
     """
 
@@ -220,36 +221,32 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, d_inner, H, W) -> (batch, d_inner, H*W): the four directional scans, merged."""
-        batch, d_inner, height, width = x.shape
-        length = height * width
-        xs = cross_scan(x)  # (batch, 4, d_inner, L)
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (batch, 4, rank + 2 * state, L)
-        dts, Bs, Cs = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (batch, 4, d_inner, L)
-        ys = selective_scan(
-            xs.reshape(batch, NUM_DIRECTIONS * d_inner, length),
-            dts.reshape(batch, NUM_DIRECTIONS * d_inner, length),
-            -torch.exp(self.A_logs.float()),
-            Bs.contiguous(),
-            Cs.contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+        """(batch, H, W, d_inner) -> (batch, H, W, d_inner): the four directional scans, merged.
+
+        x_proj runs once over the map in its own order (a per-pixel projection commutes with
+        every traversal); `ss2d` traverses, scans and merges (fused on the CPU)."""
+        batch, height, width, d_inner = x.shape
+        x_dbl = F.linear(x, self.x_proj_weight.flatten(0, 1))  # (batch, H, W, 4 * (rank + 2 * state))
+        return ss2d(
+            x,
+            x_dbl.view(batch, height, width, NUM_DIRECTIONS, self.dt_rank + 2 * self.d_state),
+            self.dt_projs_weight,
+            self.dt_projs_bias,
+            -torch.exp(self.A_logs),
+            self.Ds,
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        return cross_merge(ys.view(batch, NUM_DIRECTIONS, d_inner, length), height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, _ = x.shape
         xz = self.in_proj(x)
         if self.gated:
             xz, z = xz.chunk(2, dim=-1)
-        u = xz.permute(0, 3, 1, 2)
         if self.conv2d is not None:
-            u = self.conv2d(u)
-        y = self.scan_2d(self.act(u))
-        y = self.out_norm(y.transpose(1, 2)).view(batch, height, width, self.d_inner)
+            # A channel-last map viewed as (batch, d_inner, H, W): the conv runs in channels_last
+            # memory format and its output permuted back is channel-last without a copy.
+            xz = self.conv2d(xz.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = self.out_norm(self.scan_2d(self.act(xz)))
         if self.gated:
             y = y * F.silu(z)
         return self.dropout(self.out_proj(y))

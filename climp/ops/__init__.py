@@ -1,8 +1,9 @@
-"""Selective-scan kernels and the SS2D cross-scan; imports nothing else from climp."""
+"""Selective-scan kernels, the SS2D cross-scan and the fused SS2D op; imports nothing else from climp."""
 from .cpu_build import build_cpu_kernel, cpu_kernel_available
 from .cross_scan import cross_merge, cross_scan
 from .reference import selective_scan_reference
 from .selective_scan import BACKENDS, double_backward_mode, resolve_backend, selective_scan
+from .fused_ss2d import fused_ss2d_available, ss2d, ss2d_reference
 
 __all__ = [
     "BACKENDS",
@@ -11,7 +12,10 @@ __all__ = [
     "cross_merge",
     "cross_scan",
     "double_backward_mode",
+    "fused_ss2d_available",
     "resolve_backend",
     "selective_scan",
     "selective_scan_reference",
+    "ss2d",
+    "ss2d_reference",
 ]

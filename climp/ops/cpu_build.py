@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h")
+SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h")
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
 # Tried in order: the fast build first, then builds without flags some compilers lack.
 OPTIONAL_FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
@@ -106,6 +106,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"selective_scan_bwd_{suffix}")
         bwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 10 + [i64] * 5 + [i32]
         bwd.restype = None
+        ss2d_fwd = getattr(lib, f"ss2d_fwd_{suffix}")
+        ss2d_fwd.argtypes = [ptr] * 6 + [i32, ptr] + [i64] * 6 + [i32]
+        ss2d_fwd.restype = None
+        ss2d_bwd = getattr(lib, f"ss2d_bwd_{suffix}")
+        ss2d_bwd.argtypes = [ptr] * 6 + [i32] + [ptr] * 7 + [i64] * 6 + [i32]
+        ss2d_bwd.restype = None
 
 
 def build_cpu_kernel() -> Path:

@@ -8,6 +8,7 @@
  * B, C (batch, groups, state, length); D, delta_bias (dim) or NULL.
  * The backward recomputes the states of one block, four states at a time, into per-thread
  * scratch, so no (batch, dim, length, state) tensor is ever stored.
+ * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers.
  */
 #include <math.h>
 #include <stdint.h>
@@ -177,6 +178,7 @@ static void *scratch_alloc(size_t bytes) {
 #define EXP_INRANGE 125.0f
 #define FN(name) name##_f32
 #include "selective_scan_impl.h"
+#include "ss2d_impl.h"
 #undef REAL
 #undef VEC
 #undef VEXP
@@ -201,3 +203,4 @@ static void *scratch_alloc(size_t bytes) {
 #define EXP_INRANGE HUGE_VAL
 #define FN(name) name##_f64
 #include "selective_scan_impl.h"
+#include "ss2d_impl.h"

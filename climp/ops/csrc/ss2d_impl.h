@@ -1,0 +1,341 @@
+/* Fused SS2D (VMamba's four-direction selective scan) for the CPU, included by selective_scan.c
+ * once per REAL type after selective_scan_impl.h (whose vector helpers it uses).
+ *
+ * Layouts, all row-major contiguous and channel-last, L = H * W pixels in row-major order:
+ *   u, out, du, dout: (batch, L, dim)
+ *   xdbl, dxdbl:      (batch, L, 4, rank + 2 * nstate), per pixel and direction k: the low-rank
+ *                     dt input, then B, then C (the x_proj output in the map's own order: the
+ *                     projection is per pixel, so no direction needs its own copy of the map)
+ *   dtw: (4, dim, rank); bias: (4, dim); A: (4 * dim, nstate); D: (4 * dim) (direction-major).
+ * Direction k traverses the pixels row-major (0), column-major (1), and both reversed (2, 3):
+ * the traversal is index arithmetic, and the four directions' outputs are summed into out (and
+ * their input gradients into du) inside the kernel. The dt projection, delta = dtw_k . dt input
+ * + bias, runs per step in registers, so no (batch, 4, dim, L) tensor exists anywhere.
+ *
+ * A work item is one batch element's block of LANES consecutive channels (vector lane = channel,
+ * the recurrence's layout, so no transposes are needed); its four directions run in turn on one
+ * thread, which makes the accumulation into out and du race-free. dxdbl sums over channel blocks:
+ * with at least as many batch elements as threads, a thread takes whole batch elements and
+ * accumulates in place (lane-wise into a vector buffer, summed over lanes once per batch element,
+ * where that buffer fits); otherwise threads accumulate into private copies added at the end.
+ */
+
+/* A traversal: step (o, i) visits pixel p0 + o * so + i * si, o < no outer, i < ni inner steps. */
+typedef struct {
+    int64_t p0, si, ni, so, no;
+} FN(ss2d_dir_t);
+
+static inline FN(ss2d_dir_t) FN(ss2d_dir)(int k, int64_t height, int64_t width) {
+    int64_t last = height * width - 1;
+    FN(ss2d_dir_t) d;
+    switch (k) {
+        case 0: d = (FN(ss2d_dir_t)){0, 1, width, width, height}; break;
+        case 1: d = (FN(ss2d_dir_t)){0, width, height, 1, width}; break;
+        case 2: d = (FN(ss2d_dir_t)){last, -1, width, -width, height}; break;
+        default: d = (FN(ss2d_dir_t)){last, -width, height, -1, width}; break;
+    }
+    return d;
+}
+
+/* count <= LANES channels at p as a vector (zero beyond count), and back. */
+static inline VEC FN(ss2d_load)(const REAL *p, int count) {
+    VEC v = {0};
+    if (count == LANES) /* a constant size: one vector load, no library call */
+        memcpy(&v, p, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) v[j] = p[j];
+    return v;
+}
+
+static inline void FN(ss2d_store)(REAL *p, VEC v, int count) {
+    if (count == LANES)
+        memcpy(p, &v, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) p[j] = v[j];
+}
+
+/* Per-block, per-direction constants (lane = channel; 0 beyond the block). */
+typedef struct {
+    VEC *w;        /* [4][rank]: dtw column r of the block's channels */
+    VEC *a;        /* [4][nstate]: A */
+    VEC *a_scaled; /* [4][nstate]: A * EXP_SCALE (VEXP_SCALED's argument scale) */
+    VEC bias[4], D[4];
+} FN(ss2d_consts_t);
+
+static void FN(ss2d_consts_of)(const REAL *dtw, const REAL *bias, const REAL *A, const REAL *D, int64_t dim,
+                               int64_t rank, int64_t nstate, int64_t first, int count, FN(ss2d_consts_t) *c) {
+    for (int k = 0; k < 4; ++k) {
+        c->bias[k] = c->D[k] = (VEC){0};
+        for (int64_t r = 0; r < rank; ++r) c->w[k * rank + r] = (VEC){0};
+        for (int64_t n = 0; n < nstate; ++n) c->a[k * nstate + n] = c->a_scaled[k * nstate + n] = (VEC){0};
+        for (int j = 0; j < count; ++j) {
+            int64_t ch = k * dim + first + j;
+            c->bias[k][j] = bias[ch];
+            c->D[k][j] = D[ch];
+            for (int64_t r = 0; r < rank; ++r) c->w[k * rank + r][j] = dtw[ch * rank + r];
+            for (int64_t n = 0; n < nstate; ++n) {
+                c->a[k * nstate + n][j] = A[ch * nstate + n];
+                c->a_scaled[k * nstate + n][j] = A[ch * nstate + n] * EXP_SCALE;
+            }
+        }
+    }
+}
+
+/* delta before softplus at one step: bias + sum_r w_r x_r. */
+static inline VEC FN(ss2d_delta)(const VEC *w, VEC bias, const REAL *x, int64_t rank) {
+    VEC acc = bias;
+    for (int64_t r = 0; r < rank; ++r) acc += w[r] * x[r];
+    return acc;
+}
+
+/* One direction of one block forward: out (+)= C.h + D u along the traversal (N: nstate, a
+ * compile-time 1 for VMamba's default). */
+static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k, FN(ss2d_dir_t) d, const REAL *u,
+                                                                  const REAL *xdbl, REAL *out, int64_t dim,
+                                                                  int64_t rank, int64_t nstate, int count,
+                                                                  const FN(ss2d_consts_t) *c, int softplus, VEC *h) {
+    int64_t stride = 4 * (rank + 2 * nstate);
+    const VEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate;
+    for (int64_t n = 0; n < N; ++n) h[n] = (VEC){0};
+    for (int64_t o = 0; o < d.no; ++o)
+        for (int64_t i = 0; i < d.ni; ++i) {
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * (rank + 2 * nstate), *Bp = x + rank, *Cp = Bp + nstate;
+            VEC uv = FN(ss2d_load)(u + p * dim, count);
+            VEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank);
+            if (softplus) dt = VSOFTPLUS(dt, NULL);
+            VEC dtu = dt * uv, y = c->D[k] * uv;
+            for (int64_t n = 0; n < N; ++n) {
+                h[n] = VEXP_SCALED(dt * as[n]) * h[n] + dtu * Bp[n];
+                y += h[n] * Cp[n];
+            }
+            REAL *op = out + p * dim;
+            FN(ss2d_store)(op, k ? FN(ss2d_load)(op, count) + y : y, count);
+        }
+}
+
+/* Largest per-thread vector accumulator of one batch element's dxdbl (see ss2d_bwd_dir). */
+#ifndef SS2D_VEC_ACC_BYTES
+#define SS2D_VEC_ACC_BYTES ((int64_t)16 << 20)
+#endif
+
+static inline int64_t FN(ss2d_threads)(int64_t items, int nthreads) {
+    return nthreads < 1 ? 1 : (items < nthreads ? (items < 1 ? 1 : items) : nthreads);
+}
+
+void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *bias, const REAL *A,
+                  const REAL *D, int softplus, REAL *out, int64_t batch, int64_t height, int64_t width,
+                  int64_t dim, int64_t rank, int64_t nstate, int nthreads) {
+    int64_t L = height * width, nblocks = (dim + LANES - 1) / LANES;
+    advise_huge_pages(out, (size_t)(batch * L * dim) * sizeof(REAL));
+#pragma omp parallel num_threads(FN(ss2d_threads)(batch * nblocks, nthreads))
+    {
+        VEC *mem = scratch_alloc((4 * rank + 8 * nstate + nstate) * sizeof(VEC));
+        FN(ss2d_consts_t) c;
+        c.w = mem, c.a = mem + 4 * rank, c.a_scaled = c.a + 4 * nstate;
+        VEC *h = c.a_scaled + 4 * nstate;
+#pragma omp for schedule(dynamic)
+        for (int64_t item = 0; item < batch * nblocks; ++item) {
+            int64_t b = item / nblocks, first = (item % nblocks) * LANES;
+            int count = dim - first < LANES ? (int)(dim - first) : LANES;
+            FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
+            const REAL *ub = u + b * L * dim + first, *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
+            REAL *ob = out + b * L * dim + first;
+            for (int k = 0; k < 4; ++k) {
+                FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
+                if (nstate == 1)
+                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, &c, softplus, h);
+                else
+                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, &c, softplus, h);
+            }
+        }
+        free(mem);
+    }
+}
+
+/* Per-thread scratch of the backward: per step of one traversal, dt, softplus' and, per state,
+ * e = exp(dt a) and w = e h_{t-1}; gradient sums of the current block (lane = channel). */
+typedef struct {
+    VEC *dt, *sig, *e, *w;
+    VEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [8 * ceil(Q / 8)] */
+    VEC dbias, dD;
+} FN(ss2d_scratch_t);
+
+/* One direction of one block backward: recompute the states forward, then run the adjoint in
+ * reverse, writing du (+)= and adding the gradients of the dt input, B and C into dx (a batch
+ * element's part of dxdbl's layout) summed over the block's channels, or, with vacc, into dxv
+ * (same layout, one vector per entry) lane by lane, to be summed over lanes once after every
+ * block of the batch element is done. */
+static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
+    int N, int vacc, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
+    VEC *dxv, int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
+    FN(ss2d_scratch_t) *s) {
+    int64_t Q = rank + 2 * nstate, stride = 4 * Q, groups = (Q + LANES - 1) / LANES;
+    const VEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate, *a = c->a + k * nstate;
+    VEC h[N];
+    for (int64_t n = 0; n < N; ++n) h[n] = (VEC){0};
+    int64_t t = 0;
+    for (int64_t o = 0; o < d.no; ++o)
+        for (int64_t i = 0; i < d.ni; ++i, ++t) {
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank;
+            VEC uv = FN(ss2d_load)(u + p * dim, count);
+            VEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank), sig = {0};
+            if (softplus) dt = VSOFTPLUS(dt, &sig);
+            s->dt[t] = dt;
+            s->sig[t] = sig;
+            VEC dtu = dt * uv;
+            for (int64_t n = 0; n < N; ++n) {
+                VEC e = VEXP_SCALED(dt * as[n]), wn = e * h[n];
+                h[n] = wn + dtu * Bp[n];
+                s->e[t * N + n] = e;
+                s->w[t * N + n] = wn;
+            }
+        }
+    VEC carry[N], dA[N];
+    for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = (VEC){0};
+    for (int64_t q = Q; q < groups * LANES; ++q) s->sums[q] = (VEC){0};
+    for (int64_t o = d.no - 1; o >= 0; --o)
+        for (int64_t i = d.ni - 1; i >= 0; --i) {
+            --t;
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank, *Cp = Bp + nstate;
+            /* this step's gradients of the dt input, B and C, one vector each (lane = channel) */
+            VEC *acc = vacc ? dxv + p * stride + k * Q : s->sums;
+            VEC dy = FN(ss2d_load)(dout + p * dim, count), uv = FN(ss2d_load)(u + p * dim, count);
+            VEC dt = s->dt[t], dtu = dt * uv, s1 = {0}, s2 = {0};
+            for (int64_t n = 0; n < N; ++n) {
+                VEC wn = s->w[t * N + n], g = dy * Cp[n] + carry[n], q = g * wn;
+                VEC gB = g * dtu, gC = dy * (wn + dtu * Bp[n]); /* dC = dy h */
+                acc[rank + n] = vacc ? acc[rank + n] + gB : gB;
+                acc[rank + nstate + n] = vacc ? acc[rank + nstate + n] + gC : gC;
+                s1 += g * Bp[n];
+                s2 += q * a[n];
+                dA[n] += q * dt;
+                carry[n] = s->e[t * N + n] * g;
+            }
+            VEC ddt = uv * s1 + s2;
+            if (softplus) ddt *= s->sig[t];
+            s->dbias += ddt;
+            s->dD += dy * uv;
+            for (int64_t r = 0; r < rank; ++r) {
+                s->dw[r] += ddt * x[r];
+                acc[r] = vacc ? acc[r] + w[r] * ddt : w[r] * ddt;
+            }
+            REAL *dup = du + p * dim;
+            VEC g_u = dt * s1 + c->D[k] * dy;
+            FN(ss2d_store)(dup, k ? FN(ss2d_load)(dup, count) + g_u : g_u, count);
+            if (vacc) continue;
+            REAL *dxp = dx + p * stride + k * Q;
+            for (int64_t gq = 0; gq < groups; ++gq) {
+                VEC tot = FN(lane_sums8)(s->sums + gq * LANES);
+                int64_t m = Q - gq * LANES < LANES ? Q - gq * LANES : LANES;
+                for (int64_t j = 0; j < m; ++j) dxp[gq * LANES + j] += tot[j];
+            }
+        }
+    for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
+}
+
+/* One batch element's block, all four directions; adds the block's parameter gradients into
+ * the thread's sums (layout of dtw, then bias, A, D). */
+static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
+                               VEC *dxv, int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
+                               int64_t first, int count, const FN(ss2d_consts_t) *c, int softplus,
+                               FN(ss2d_scratch_t) *s, REAL *psum) {
+    REAL *pdtw = psum, *pbias = pdtw + 4 * dim * rank, *pA = pbias + 4 * dim, *pD = pA + 4 * dim * nstate;
+    for (int k = 0; k < 4; ++k) {
+        FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
+        for (int64_t r = 0; r < rank; ++r) s->dw[r] = (VEC){0};
+        for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (VEC){0};
+        s->dbias = s->dD = (VEC){0};
+        if (nstate == 1 && dxv)
+            FN(ss2d_bwd_dir)(1, 1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
+        else if (nstate == 1)
+            FN(ss2d_bwd_dir)(1, 0, k, d, u, xdbl, dout, du, dx, NULL, dim, rank, 1, count, c, softplus, s);
+        else
+            FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c,
+                             softplus, s);
+        for (int j = 0; j < count; ++j) {
+            int64_t ch = k * dim + first + j;
+            for (int64_t r = 0; r < rank; ++r) pdtw[ch * rank + r] += s->dw[r][j];
+            for (int64_t n = 0; n < nstate; ++n) pA[ch * nstate + n] += s->dA[n][j];
+            pbias[ch] += s->dbias[j];
+            pD[ch] += s->dD[j];
+        }
+    }
+}
+
+void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *bias, const REAL *A,
+                  const REAL *D, int softplus, const REAL *dout, REAL *du, REAL *dxdbl, REAL *ddtw,
+                  REAL *dbias, REAL *dA, REAL *dD, int64_t batch, int64_t height, int64_t width,
+                  int64_t dim, int64_t rank, int64_t nstate, int nthreads) {
+    int64_t L = height * width, nblocks = (dim + LANES - 1) / LANES, Q = rank + 2 * nstate;
+    int64_t x_size = batch * L * 4 * Q, groups = (Q + LANES - 1) / LANES;
+    int64_t per_batch = batch >= nthreads; /* whole batch elements per item: dxdbl in place */
+    /* per batch element and thread, lane-wise sums of dxdbl (see ss2d_bwd_dir) where they fit */
+    int64_t vec_acc = per_batch && L * 4 * Q * (int64_t)sizeof(VEC) <= SS2D_VEC_ACC_BYTES;
+    int64_t items = per_batch ? batch : batch * nblocks;
+    int team = (int)FN(ss2d_threads)(items, nthreads);
+    size_t psize = 4 * dim * (rank + nstate + 2);
+    advise_huge_pages(du, (size_t)(batch * L * dim) * sizeof(REAL));
+    memset(dxdbl, 0, x_size * sizeof(REAL));
+    REAL *psums = scratch_alloc(team * psize * sizeof(REAL));
+    memset(psums, 0, team * psize * sizeof(REAL));
+    REAL *partials = NULL;
+    if (!per_batch && team > 1) {
+        partials = scratch_alloc((team - 1) * x_size * sizeof(REAL));
+        memset(partials, 0, (team - 1) * x_size * sizeof(REAL));
+    }
+#pragma omp parallel num_threads(team)
+    {
+        int tid = omp_get_thread_num();
+        REAL *dx_acc = tid && partials ? partials + (tid - 1) * x_size : dxdbl;
+        VEC *mem = scratch_alloc(((2 + 2 * nstate) * L + 4 * rank + 8 * nstate + rank + nstate +
+                                  groups * LANES) * sizeof(VEC));
+        FN(ss2d_scratch_t) s;
+        s.dt = mem, s.sig = s.dt + L, s.e = s.sig + L, s.w = s.e + nstate * L;
+        FN(ss2d_consts_t) c;
+        c.w = s.w + nstate * L, c.a = c.w + 4 * rank, c.a_scaled = c.a + 4 * nstate;
+        s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.sums = s.dA + nstate;
+        REAL *psum = psums + tid * psize;
+        VEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + LANES) * sizeof(VEC)) : NULL;
+#pragma omp for schedule(dynamic)
+        for (int64_t item = 0; item < items; ++item) {
+            int64_t b = per_batch ? item : item / nblocks;
+            int64_t j0 = per_batch ? 0 : item % nblocks, j1 = per_batch ? nblocks : j0 + 1;
+            if (dxv) memset(dxv, 0, (L * 4 * Q + LANES) * sizeof(VEC));
+            for (int64_t j = j0; j < j1; ++j) {
+                int64_t first = j * LANES, off = b * L * dim + first;
+                int count = dim - first < LANES ? (int)(dim - first) : LANES;
+                FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
+                FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
+                                   height, width, dim, rank, nstate, first, count, &c, softplus, &s, psum);
+            }
+            for (int64_t i = 0; dxv && i < L * 4 * Q; i += LANES) { /* lane sums, 8 entries at a time */
+                VEC tot = FN(lane_sums8)(dxv + i);
+                int64_t m = L * 4 * Q - i < LANES ? L * 4 * Q - i : LANES;
+                memcpy(dx_acc + b * L * 4 * Q + i, &tot, m * sizeof(REAL));
+            }
+        }
+        free(dxv);
+        free(mem);
+        if (partials) { /* the items loop's barrier has every partial complete */
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < x_size; ++i)
+                for (int th = 1; th < team; ++th) dxdbl[i] += partials[(th - 1) * x_size + i];
+        }
+    }
+    REAL *outs[4] = {ddtw, dbias, dA, dD};
+    size_t sizes[4] = {4 * dim * rank, 4 * dim, 4 * dim * nstate, 4 * dim};
+    size_t at = 0;
+    for (int q = 0; q < 4; ++q) {
+        for (size_t i = 0; i < sizes[q]; ++i) {
+            REAL tot = 0;
+            for (int th = 0; th < team; ++th) tot += psums[th * psize + at + i];
+            outs[q][i] = tot;
+        }
+        at += sizes[q];
+    }
+    free(partials);
+    free(psums);
+}
