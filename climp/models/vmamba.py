@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from climp.ops import cross_merge, cross_scan, selective_scan
 from ..dataconfig import FromDict
 from .validation import check_images
+from .mamba import at_least_float32
 
 NUM_DIRECTIONS = 4
 POOLS = ("avg", "attn", "pyramid")
@@ -229,11 +230,11 @@ class SS2D(nn.Module):
         ys = selective_scan(
             xs.reshape(batch, NUM_DIRECTIONS * d_inner, length),
             dts.reshape(batch, NUM_DIRECTIONS * d_inner, length),
-            -torch.exp(self.A_logs.float()),
+            -torch.exp(at_least_float32(self.A_logs)),
             Bs.contiguous(),
             Cs.contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            at_least_float32(self.Ds),
+            delta_bias=at_least_float32(self.dt_projs_bias.reshape(-1)),
             delta_softplus=True,
             backend=self.scan_backend,
         )
