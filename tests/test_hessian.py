@@ -175,9 +175,7 @@ def test_contrastive_hvp_equals_exact_hessian_product(logit_bias):
 @pytest.mark.parametrize("logit_bias", [False, True])
 def test_contrastive_hvp_through_attention_and_selective_scan(text_tower, logit_bias):
     """Double backward through scaled_dot_product_attention (with dropout, off in analysis
-    mode) and through climp.ops.selective_scan, checked against finite differences. The
-    reference scan rounds delta to float32 (~6e-8 relative), so the differences take a larger
-    step for the scan."""
+    mode) and through climp.ops.selective_scan, checked against finite differences."""
     torch.manual_seed(7)
     model = TinyClip(text_tower(), logit_bias=logit_bias).double()
     op = HessianOperator(model, ContrastiveLoss(), clip_batches(2), select_parameters(model, ["text", "logit_scale"]))
@@ -185,8 +183,7 @@ def test_contrastive_hvp_through_attention_and_selective_scan(text_tower, logit_
     v /= v.norm()
     hv = op.matvec(v)
     assert float(hv.abs().max()) > 1e-3
-    eps, tol = (1e-5, 1e-6) if text_tower is AttentionText else (1e-3, 1e-3)
-    torch.testing.assert_close(hv, finite_difference_hvp(op, v, eps), rtol=tol, atol=tol * float(hv.abs().max()))
+    torch.testing.assert_close(hv, finite_difference_hvp(op, v, 1e-5), rtol=1e-6, atol=1e-6 * float(hv.abs().max()))
 
 
 # --- finite-difference Hessian-vector products ---------------------------------------------
@@ -445,27 +442,6 @@ def test_slq_quadrature_is_exact_for_low_moments_of_each_start_vector():
     for k in range(8):
         exact = float(q @ torch.linalg.matrix_power(H, k) @ q)
         assert float(quad.weights @ quad.nodes ** k) == pytest.approx(exact, rel=1e-8, abs=1e-10)
-
-
-def test_negative_mass_matches_fraction_of_negative_eigenvalues(mlp):
-    H = random_symmetric(60, seed=4, negative_fraction=0.3)
-    exact = float((torch.linalg.eigvalsh(H) < 0).double().mean())
-    quads = slq_quadratures(lambda v: H @ v, 60, num_runs=40, num_steps=25,
-                            generator=torch.Generator().manual_seed(0), progress=None)
-    assert spectral_density(quads).negative_mass == pytest.approx(exact, abs=0.05)
-    _, _, _, H_mlp = mlp
-    exact_mlp = float((torch.linalg.eigvalsh(H_mlp) < 0).double().mean())
-    quads = slq_quadratures(lambda v: H_mlp @ v, H_mlp.shape[0], num_runs=60, num_steps=H_mlp.shape[0],
-                            generator=torch.Generator().manual_seed(1), progress=None)
-    assert spectral_density(quads).negative_mass == pytest.approx(exact_mlp, abs=0.05)
-
-
-def test_positive_semidefinite_spectrum_has_no_negative_mass():
-    g = torch.Generator().manual_seed(5)
-    X = torch.randn(40, 10, generator=g, dtype=torch.float64)
-    H = X @ X.T  # rank 10: thirty eigenvalues at zero up to rounding
-    quads = slq_quadratures(lambda v: H @ v, 40, num_runs=5, num_steps=40, generator=g, progress=None)
-    assert spectral_density(quads).negative_mass == 0.0
 
 
 # --- loss landscape ------------------------------------------------------------------------

@@ -48,8 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hess.add_argument("--lanczos-tol", type=float, default=defaults.lanczos_tol, help="relative Ritz residual to stop at")
     hess.add_argument("--hutchinson-samples", type=int, default=defaults.hutchinson_samples, help="trace probes")
     hess.add_argument("--confidence", type=float, default=defaults.confidence, help="trace confidence level")
-    hess.add_argument("--slq-runs", type=int, default=defaults.slq_runs, help="SLQ runs (random start vectors)")
-    hess.add_argument("--slq-steps", type=int, default=defaults.slq_steps, help="Lanczos steps per SLQ run")
+    hess.add_argument("--slq-runs", type=int, default=defaults.slq_runs,
+                      help="SLQ runs (Rademacher probes, >= 2) for the density and the negative mass")
+    hess.add_argument("--slq-steps", type=int, default=defaults.slq_steps,
+                      help="Lanczos steps per SLQ run (more resolve the negative mass at smaller thresholds)")
+    hess.add_argument("--negative-threshold", type=float, default=defaults.negative_threshold,
+                      help="negative mass counts eigenvalues below -this * max|lambda| (keep it above the "
+                           "products' relative error, ~2e-4 for float32 finite differences)")
     hess.add_argument("--density-sigma", type=float, default=defaults.density_sigma,
                       help="Gaussian broadening std, relative to the spectral range")
     hess.add_argument("--hvp", choices=HVP_METHODS, default=defaults.hvp,
@@ -85,6 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> HessianSettings:
         top_k=args.top_k, lanczos_steps=args.lanczos_steps, lanczos_tol=args.lanczos_tol,
         hutchinson_samples=args.hutchinson_samples, confidence=args.confidence,
         slq_runs=args.slq_runs, slq_steps=args.slq_steps, density_sigma=args.density_sigma,
+        negative_threshold=args.negative_threshold,
         landscape=args.landscape, landscape_directions=args.landscape_directions,
         landscape_steps=args.landscape_steps, landscape_range=args.landscape_range,
         ignore_1d=args.ignore_1d, seed=args.seed, hvp=args.hvp, fd_eps_rel=args.fd_eps_rel,

@@ -20,7 +20,10 @@ def plot_density(results: Results, path: Path) -> Path:
     for label, r in results.items():
         grid, density = np.asarray(r["density"]["grid"]), np.asarray(r["density"]["density"])
         floor = density.max() * 1e-8
-        ax.semilogy(grid, np.maximum(density, floor), label=f"{label} (neg. mass {r['density']['negative_mass']:.3f})")
+        negative = r.get("negative_mass")
+        note = "" if negative is None else (f" (mass below -{negative['threshold_rel']:g} max|λ|: "
+                                            f"{negative['fraction']:.3f} ± {negative['uncertainty']:.3f})")
+        ax.semilogy(grid, np.maximum(density, floor), label=label + note)
     ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log)")
