@@ -73,9 +73,10 @@ def test_float64_model_has_no_narrower_float_anywhere(tower):
 @pytest.mark.parametrize("tower", list(TOWERS))
 def test_gradient_differences_match_autograd_hvp_in_float64(tower):
     """Richardson-extrapolated central differences (error O(h^4) + O(eps_mach / h)) of the
-    first-order gradient along a unit direction v, and the operator's own finite differences,
-    against double backward: both within 1e-8 of ||Hv||. Any float32 rounding inside the model
-    would put them ~1e-4 off."""
+    first-order gradient along a random unit direction v against double backward: within 1e-8
+    of ||Hv||. The operator's own central differences at the default float64 step: within 1e-7
+    of ||Hv|| (rounding, ~eps_mach ||g|| / h, dominates along random directions; relative to
+    ||H|| it is smaller still). Any float32 rounding inside the model puts both ~1e-4 off."""
     model, batches = float64_model(tower)
     chosen = select_parameters(model)
     exact = HessianOperator(model, ContrastiveLoss(), batches, chosen)
@@ -96,7 +97,7 @@ def test_gradient_differences_match_autograd_hvp_in_float64(tower):
     richardson = (8 * (g1 - g_1) - (g2 - g_2)) / (12 * h)
     assert float((richardson - hv).norm()) < 1e-8 * float(hv.norm())
     fd = HessianOperator(model, ContrastiveLoss(), batches, chosen, method="finite-difference")
-    assert float((fd.matvec(v) - hv).norm()) < 1e-8 * float(hv.norm())
+    assert float((fd.matvec(v) - hv).norm()) < 1e-7 * float(hv.norm())
     assert all(torch.equal(p, o) for p, o in zip(exact.params, origin))
 
 

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "gradients each, error ~2e-4 of ||H|| in float32) or exact double backward "
                            "(through a selective scan it needs the pure-PyTorch scan: 4-6x slower on climp-tiny)")
     hess.add_argument("--fd-eps-rel", type=float, default=None,
-                      help="finite-difference step relative to 1 + rms(theta) (default: 3e-4 float32, 1e-6 float64)")
+                      help="finite-difference step relative to 1 + rms(theta) (default: 3e-4 float32, 1e-7 float64)")
     hess.add_argument("--cache-graph", action="store_true",
                       help="with --hvp autograd: keep each batch's gradient graph between products "
                            "(faster, more memory)")
