@@ -120,3 +120,12 @@ def test_rmsnorm_keeps_float64():
     x = torch.tensor([[1.0, 2.0, 3.0, 1e-9]], dtype=torch.float64)
     expected = x / torch.sqrt((x ** 2).mean() + norm.eps)
     torch.testing.assert_close(norm(x), expected, rtol=1e-15, atol=0)
+
+
+def test_float64_vit_at_another_resolution_stays_float64():
+    """The position-embedding resize (bicubic) keeps float64 too."""
+    model, _ = float64_model("vit+transformer")
+    images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    with NarrowFloatLog() as log:
+        features = model.encode_image(images)
+    assert features.dtype == torch.float64 and log.ops == []

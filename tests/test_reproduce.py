@@ -67,7 +67,8 @@ def test_negative_mass_is_decided_against_its_uncertainty_even_across_seeds():
     runs = lambda values, half: {str(i): {"hessian": {"negative_mass": {"fraction": v, "uncertainty": half}}}
                                  for i, v in enumerate(values)}
     subject, baseline = (0.30, 0.31, 0.29), (0.10, 0.11, 0.09)
-    wide = decide(claims.seed_stats(runs(subject, 0.15), metric), claims.seed_stats(runs(baseline, 0.15), metric), metric)
+    wide = decide(claims.seed_stats(runs(subject, 0.15), metric), claims.seed_stats(runs(baseline, 0.15), metric),
+                  metric)
     assert wide.verdict == INCONCLUSIVE and wide.margin == pytest.approx(0.3)
     narrow = decide(claims.seed_stats(runs(subject, 0.05), metric), claims.seed_stats(runs(baseline, 0.05), metric),
                     metric)

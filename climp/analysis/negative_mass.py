@@ -11,10 +11,11 @@ Gauss quadrature (nodes theta_j, weights w_j) of q's spectral measure.
 - Bounds: by the Chebyshev-Markov-Stieltjes inequalities, the weight of q's spectral measure
   below x lies between the quadrature weight below x minus the weight of the last node below x,
   and that weight plus the weight of the first node at or above x (for any measure, given exact
-  products; a run that exhausted its Krylov space is exact). Averaged over probes and widened by z standard errors (z the normal quantile of
-  `confidence`), they bracket F. They are wide exactly when m Lanczos steps do not resolve the
-  spectrum at -tau: a Ritz node carrying much of the weight of the bulk near zero sits next to
-  -tau, and then no reading of these runs can say on which side that bulk lies.
+  products; a run that exhausted its Krylov space is exact). Averaged over probes and widened by
+  z standard errors (z the normal quantile of `confidence`), they bracket F. They are wide
+  exactly when m Lanczos steps do not resolve the spectrum at -tau: a Ritz node carrying much of
+  the weight of the bulk near zero sits next to -tau, and then no reading of these runs can say
+  on which side that bulk lies.
 - Uncertainty: the half-width of the smallest interval centred on the estimate that holds the
   bounds, so estimate +- uncertainty brackets F.
 Resolving a smaller threshold takes more Lanczos steps (a degree of order range / tau).

@@ -235,7 +235,8 @@ def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
     rows["trace (Hutchinson)"] = f"{t['trace']:.4g} +- {t['ci_high'] - t['trace']:.2g}"
     rows["trace (SLQ)"] = result["density"]["trace_estimate"]
     n = result["negative_mass"]
-    rows[f"negative mass (lambda < -{n['threshold_rel']:g} max|lambda|)"] = f"{n['fraction']:.3g} (std err {n['stderr']:.2g})"
+    label = f"negative mass (lambda < -{n['threshold_rel']:g} max|lambda|)"
+    rows[label] = f"{n['fraction']:.3g} (std err {n['stderr']:.2g})"
     rows[f"negative mass bounds ({n['confidence']:.0%})"] = f"[{n['bounds'][0]:.3g}, {n['bounds'][1]:.3g}]"
     rows["landscape max rise"] = landscape_rise(result)
     rows["Hessian-vector products"] = sum(result["cost"]["hessian_vector_products"].values())
