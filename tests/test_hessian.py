@@ -326,6 +326,41 @@ def test_finite_difference_eigenvalues_in_float32(mlp):
         assert abs(value - reference) < FD_TOL[torch.float32] * scale
 
 
+class KinkedMLP(TanhMLP):
+    """TanhMLP plus an L1 penalty on parameters that sit at zero: the gradient jumps there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_kink = torch.nn.Parameter(torch.zeros(20))
+
+
+def kinked_loss(model, batch):
+    return mse_loss(model, batch) + model.at_kink.abs().sum()
+
+
+def test_finite_difference_consistency_flags_a_non_smooth_loss(mlp):
+    """Smooth loss: Hv(h) and Hv(4h) agree to rounding and truncation. Kinked loss: the
+    differences are jumps / h, so the check exceeds the limit and the analysis warns."""
+    model64, batches, _, _ = mlp
+    smooth = HessianOperator(model64, mse_loss, batches, select_parameters(model64), method="finite-difference")
+    v = random_vectors(smooth.dim, 1, seed=14)[0]
+    assert smooth.finite_difference_consistency(v) < 1e-6
+    model32 = TanhMLP()
+    model32.load_state_dict(model64.state_dict())
+    batches32 = [(x.float(), y.float()) for x, y in batches]
+    fd32 = HessianOperator(model32, mse_loss, batches32, select_parameters(model32), method="finite-difference")
+    assert fd32.finite_difference_consistency(v) < 0.05
+    torch.manual_seed(0)
+    kinked = KinkedMLP().double()
+    op = HessianOperator(kinked, kinked_loss, batches, select_parameters(kinked), method="finite-difference")
+    assert op.finite_difference_consistency(random_vectors(op.dim, 1, seed=15)[0]) > 0.5
+    assert op.eps_rel == DEFAULT_EPS_REL[torch.float64]
+    settings = HessianSettings(top_k=1, lanczos_steps=4, hutchinson_samples=2, slq_runs=2, slq_steps=4,
+                               landscape="none", progress=False)
+    result = analyse_hessian(kinked, batches, kinked_loss, ["all"], settings)
+    assert result["hvp"]["consistent"] is False and "--hvp autograd" in result["warnings"][0]
+
+
 def test_operator_rejects_bad_methods():
     model = TanhMLP()
     params, batches = select_parameters(model), regression_batches(1)
@@ -500,7 +535,9 @@ def test_analyse_hessian_end_to_end_matches_exact_spectrum(mlp):
     result = analyse_hessian(model, batches, mse_loss, ["all"], settings)
     exact = torch.linalg.eigvalsh(H)
     assert result["hvp"] == {"method": "finite-difference", "dtype": "float64", "eps_rel": DEFAULT_EPS_REL[torch.float64],
-                             "step": pytest.approx(result["hvp"]["step"])}
+                             "step": pytest.approx(result["hvp"]["step"]), "consistent": True,
+                             "consistency": pytest.approx(0.0, abs=1e-6)}
+    assert result["warnings"] == []
     assert result["eigen"]["top"] == pytest.approx(exact.flip(0)[:2].tolist(), rel=1e-6)
     assert result["abs_min_over_max"] == pytest.approx(float(exact[0].abs() / exact[-1]), rel=1e-6)
     assert result["trace"]["ci_low"] <= float(exact.sum()) <= result["trace"]["ci_high"]
@@ -515,7 +552,8 @@ def test_analyse_hessian_with_autograd_products(mlp):
     settings = HessianSettings(top_k=1, lanczos_steps=38, lanczos_tol=1e-8, hutchinson_samples=2, slq_steps=4,
                                landscape="none", progress=False, hvp="autograd", cache_graph=True)
     result = analyse_hessian(model, batches, mse_loss, ["all"], settings)
-    assert result["hvp"] == {"method": "autograd", "dtype": "float64", "eps_rel": None, "step": None}
+    assert result["hvp"] == {"method": "autograd", "dtype": "float64", "eps_rel": None, "step": None,
+                             "consistency": None, "consistent": None}
     assert result["eigen"]["top"][0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-8)
 
 

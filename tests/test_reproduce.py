@@ -78,6 +78,15 @@ def test_negative_mass_is_decided_against_its_uncertainty_even_across_seeds():
     assert reverse.verdict == FAILS
 
 
+def test_hessian_figures_from_inconsistent_finite_differences_are_not_measured():
+    run = {"hessian": {"hvp": {"consistent": False}, "eigen": {"top": [5.0]},
+                       "negative_mass": {"fraction": 0.2, "uncertainty": 0.01}}}
+    for name in ("hessian_top_eig", "hessian_negative_mass"):
+        assert claims.seed_stats({"0": run}, claims.METRICS[name]) is None
+    run["hessian"]["hvp"]["consistent"] = True
+    assert claims.seed_stats({"0": run}, claims.METRICS["hessian_top_eig"]).mean == 5.0
+
+
 def test_single_seed_rates_use_binomial_intervals():
     assert claims.binomial_half_width(0.5, 100) == pytest.approx(1.96 * 0.05)
     metric = claims.METRICS["retrieval_i2t_R@1"]

@@ -166,6 +166,8 @@ def analyse_models(args: argparse.Namespace, settings: HessianSettings) -> int:
         print(f"analysing {label} ...", flush=True)
         excluded = exclusions(args.exclude, model)
         result = analyse_hessian(model, batches, ContrastiveLoss(), args.params, settings, excluded)
+        for warning in result["warnings"]:
+            print(f"WARNING ({label}): {warning}", flush=True)
         results[label] = {"model": name, "checkpoint": checkpoint, "image_size": size, "excluded": excluded, **result}
     print(format_table(results))
     (out_dir / "results.json").write_text(json.dumps({"models": results, "torch_threads": args.threads}, indent=1))

@@ -226,6 +226,22 @@ class HessianOperator:
                 gradients.append(self.gradient())
         return (gradients[0] - gradients[1]) * (norm / (2.0 * step))
 
+    def finite_difference_consistency(self, vector: torch.Tensor) -> float:
+        """||Hv(h) - Hv(4h)|| / ||Hv(h)|| for central differences with steps h and 4h (two
+        products). Small for a loss that is smooth at the step's scale (truncation and rounding
+        change it by a few percent at most); of order 1 or more where the gradient jumps within
+        the step (max pooling, ReLU kinks), whose differences then measure the jumps, not H."""
+        if self.method != "finite-difference":
+            raise ValueError("the consistency check applies to method='finite-difference' only")
+        fine = self.matvec(vector)
+        eps_rel = self.eps_rel
+        try:
+            self.eps_rel = 4 * eps_rel
+            coarse = self.matvec(vector)
+        finally:
+            self.eps_rel = eps_rel
+        return float((fine - coarse).norm()) / max(float(fine.norm()), 1e-300)
+
     def clear_cache(self) -> None:
         """Drop cached gradient graphs (required before the parameters are changed in place)."""
         self.cached_grads.clear()

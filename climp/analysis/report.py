@@ -20,10 +20,13 @@ from .hvp import HVP_METHODS, HessianOperator, LossFn
 from .landscape import filter_normalized_direction, loss_slice
 from .negative_mass import DEFAULT_THRESHOLD_REL, negative_mass
 from .params import select_parameters
-from .trace import hutchinson_trace
+from .trace import hutchinson_trace, rademacher
 from ..dataconfig import FromDict
 
 LANDSCAPE_MODES = ("none", "1d", "2d")
+# Largest ||Hv(h) - Hv(4h)|| / ||Hv(h)|| accepted from finite differences: smooth losses stay
+# within a few percent (rounding, truncation), non-smooth ones (max pooling) reach 1 or more.
+FD_CONSISTENCY_LIMIT = 0.25
 DIRECTION_KINDS = ("eigen", "random")
 
 
@@ -118,12 +121,22 @@ def landscape_directions(op: HessianOperator, settings: HessianSettings, eigenve
     return [filter_normalized_direction(op.params, generator, settings.ignore_1d) for _ in range(count)]
 
 
-def hvp_description(op: HessianOperator) -> Dict[str, Any]:
+def hvp_description(op: HessianOperator, consistency: Optional[float]) -> Dict[str, Any]:
     """How the operator computes products: method, parameter dtype and, for finite
-    differences, the relative and absolute step."""
+    differences, the relative and absolute step and the consistency check (whether the products
+    can be trusted: see HessianOperator.finite_difference_consistency)."""
     fd = op.method == "finite-difference"
     return {"method": op.method, "dtype": str(op.params[0].dtype).replace("torch.", ""),
-            "eps_rel": op.eps_rel, "step": op.finite_difference_step() if fd else None}
+            "eps_rel": op.eps_rel, "step": op.finite_difference_step() if fd else None,
+            "consistency": consistency,
+            "consistent": None if consistency is None else consistency <= FD_CONSISTENCY_LIMIT}
+
+
+def inconsistency_warning(consistency: float) -> str:
+    return (f"finite-difference products change by {consistency:.3g} (relative) between steps h and 4h "
+            f"(limit {FD_CONSISTENCY_LIMIT}): the loss is not smooth at the step's scale (max pooling, "
+            "kinks), so the products measure gradient jumps, not the Hessian, and every curvature figure "
+            "of this analysis is unreliable. Use --hvp autograd.")
 
 
 def analyse_hessian(
@@ -160,6 +173,10 @@ def analyse_hessian(
 
     loss = stage("loss", op.loss)
     grad_norm = stage("gradient", lambda: float(op.gradient().norm()))
+    consistency = None
+    if op.method == "finite-difference":
+        probe = rademacher(op.dim, seeded(settings.seed, 5)).to(device)
+        consistency = stage("hvp check", lambda: op.finite_difference_consistency(probe))
     eig = stage("eigen", lambda: top_eigenpairs(
         op.matvec, op.dim, settings.top_k, settings.lanczos_steps, settings.lanczos_tol,
         seeded(settings.seed, 1), device, bar("Lanczos (top eigenvalues)")))
@@ -177,7 +194,9 @@ def analyse_hessian(
     result: Dict[str, Any] = {
         "num_parameters": op.dim,
         "parameter_names": op.names,
-        "hvp": hvp_description(op),
+        "hvp": hvp_description(op, consistency),
+        "warnings": [] if consistency is None or consistency <= FD_CONSISTENCY_LIMIT
+        else [inconsistency_warning(consistency)],
         "num_batches": len(op.batches),
         "loss": loss,
         "grad_norm": grad_norm,
@@ -224,6 +243,8 @@ def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
     rows: Dict[str, Any] = {
         "parameters": result["num_parameters"],
         "Hessian-vector products by": result["hvp"]["method"],
+        "finite differences consistent (h vs 4h)": (None if result["hvp"].get("consistency") is None else
+                                                    f"{result['hvp']['consistent']} ({result['hvp']['consistency']:.2g})"),
         "batches": result["num_batches"],
         "loss": result["loss"],
         "gradient norm": result["grad_norm"],

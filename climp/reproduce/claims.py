@@ -105,7 +105,10 @@ def _resolution(scale: int, key: str) -> Callable[[StageResults], Optional[float
 
 
 def _hessian(*path: Any) -> Callable[[StageResults], Optional[float]]:
-    return lambda run: _number(_get(run, "hessian", *path))
+    """A Hessian figure; None (not measured) when its finite-difference products failed their
+    consistency check (a non-smooth loss: they measured gradient jumps, not curvature)."""
+    return lambda run: (None if _get(run, "hessian", "hvp", "consistent") is False
+                        else _number(_get(run, "hessian", *path)))
 
 
 def _trace_ci_half_width(run: StageResults) -> Optional[float]:
