@@ -24,10 +24,10 @@ from .trace import hutchinson_trace, rademacher
 from ..dataconfig import FromDict
 
 LANDSCAPE_MODES = ("none", "1d", "2d")
+DIRECTION_KINDS = ("eigen", "random")
 # Largest ||Hv(h) - Hv(4h)|| / ||Hv(h)|| accepted from finite differences: smooth losses stay
 # within a few percent (rounding, truncation), non-smooth ones (max pooling) reach 1 or more.
 FD_CONSISTENCY_LIMIT = 0.25
-DIRECTION_KINDS = ("eigen", "random")
 
 
 @dataclass
@@ -153,8 +153,9 @@ def analyse_hessian(
     parameter-name prefixes) or a {name: Parameter} mapping; exclude: names dropped from a
     selection by names. The model runs in eval mode; its state is unchanged afterwards.
     Returns a JSON-ready dict: loss, gradient norm, eigenvalues, |min|/max, trace with CI,
-    spectral density, negative mass with its uncertainty and threshold, landscape slice, how the Hessian-vector products
-    were computed ("hvp"), cost (products and seconds).
+    spectral density, negative mass with its bounds and threshold, landscape slice, how the
+    Hessian-vector products were computed ("hvp", with the finite-difference consistency
+    check), warnings (a failed check), cost (products and seconds).
     """
     settings = settings or HessianSettings()
     chosen = dict(params) if isinstance(params, Mapping) else select_parameters(model, params, exclude)
@@ -237,14 +238,20 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def consistency_text(hvp: Mapping[str, Any]) -> Optional[str]:
+    """"True (0.03)": the finite-difference check's verdict and value; None for autograd."""
+    if hvp.get("consistency") is None:
+        return None
+    return f"{hvp['consistent']} ({hvp['consistency']:.2g})"
+
+
 def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
     """The headline numbers of one analysis, in table order."""
     t = result["trace"]
     rows: Dict[str, Any] = {
         "parameters": result["num_parameters"],
         "Hessian-vector products by": result["hvp"]["method"],
-        "finite differences consistent (h vs 4h)": (None if result["hvp"].get("consistency") is None else
-                                                    f"{result['hvp']['consistent']} ({result['hvp']['consistency']:.2g})"),
+        "finite differences consistent (h vs 4h)": consistency_text(result["hvp"]),
         "batches": result["num_batches"],
         "loss": result["loss"],
         "gradient norm": result["grad_norm"],
