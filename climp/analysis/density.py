@@ -24,11 +24,16 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class Quadrature:
-    """One SLQ run: nodes (Ritz values, ascending) and weights summing to 1. exact: the run
-    exhausted its Krylov space, so the quadrature is the probe's spectral measure itself."""
+    """One SLQ run: nodes (Ritz values, ascending) and weights summing to 1; the Lanczos
+    tridiagonal they come from (alphas, betas) and the residual norm after its last step
+    (last_beta), from which quadratures with a prescribed node follow; exact: the run exhausted
+    its Krylov space, so the quadrature is the probe's spectral measure itself."""
 
     nodes: torch.Tensor
     weights: torch.Tensor
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    last_beta: float
     exact: bool = False
 
     @property
@@ -57,7 +62,8 @@ def slq_quadratures(
                         progress=None if progress is None else f"{progress} run {run + 1}")
         values, vectors = tridiagonal_eigh(state.alphas, state.betas)
         exhausted = values.numel() == dim or state.last_beta <= 1e-10 * max(float(values.abs().max()), 1e-300)
-        runs.append(Quadrature(values.cpu(), (vectors[0] ** 2).cpu(), exact=exhausted))
+        runs.append(Quadrature(values.cpu(), (vectors[0] ** 2).cpu(), state.alphas.cpu(), state.betas.cpu(),
+                               state.last_beta, exact=exhausted))
     return runs
 
 
@@ -82,6 +88,8 @@ class SpectralDensity:
             "grid": self.grid.tolist(), "density": self.density.tolist(), "sigma": self.sigma,
             "nodes": [q.nodes.tolist() for q in self.quadratures],
             "weights": [q.weights.tolist() for q in self.quadratures],
+            "lanczos": [{"alphas": q.alphas.tolist(), "betas": q.betas.tolist(), "last_beta": q.last_beta,
+                         "exact": q.exact} for q in self.quadratures],
             "mean": self.mean, "second_moment": self.second_moment,
             "node_min": self.node_min, "node_max": self.node_max,
         }

@@ -8,14 +8,15 @@ Gauss quadrature (nodes theta_j, weights w_j) of q's spectral measure.
 - Estimate: f is the indicator of lambda < -tau smoothed into the Gaussian step
   Phi((-tau - lambda) / sigma), sigma = tau / STEP_SHARPNESS (weight Phi(-4) = 3e-5 on eigenvalues
   at zero, 1/2 at -tau), averaged over probes; stderr is the probes' standard error.
-- Bounds: by the Chebyshev-Markov-Stieltjes inequalities, the weight of q's spectral measure
-  below x lies between the quadrature weight below x minus the weight of the last node below x,
-  and that weight plus the weight of the first node at or above x (for any measure, given exact
-  products; a run that exhausted its Krylov space is exact). Averaged over probes and widened by
-  z standard errors (z the normal quantile of `confidence`), they bracket F. They are wide
-  exactly when m Lanczos steps do not resolve the spectrum at -tau: a Ritz node carrying much of
-  the weight of the bulk near zero sits next to -tau, and then no reading of these runs can say
-  on which side that bulk lies.
+- Bounds: among all measures with the moments that m Lanczos steps fix (degree 2m), the weight
+  below x is smallest and largest for the Gauss-Radau quadrature with a node prescribed at x
+  (Chebyshev-Markov-Stieltjes: the weight strictly below x, and that plus the weight of the node
+  at x). The quadrature comes from T_m extended by one row so that x is an eigenvalue (Golub's
+  construction, using the residual norm beta_m); a run that exhausted its Krylov space is exact.
+  Averaged over probes and widened by z standard errors (z the normal quantile of
+  `confidence`), they bracket F, given exact products. They are wide exactly when m steps do not
+  resolve the spectrum at -tau, i.e. when the moments allow much of the bulk near zero to lie
+  on either side of -tau.
 - Uncertainty: the half-width of the smallest interval centred on the estimate that holds the
   bounds, so estimate +- uncertainty brackets F.
 Resolving a smaller threshold takes more Lanczos steps (a degree of order range / tau).
@@ -30,6 +31,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from .density import Quadrature
+from .eigen import tridiagonal_eigh
 
 DEFAULT_THRESHOLD_REL = 1e-2
 STEP_SHARPNESS = 4.0
@@ -70,15 +72,34 @@ class NegativeMass:
         return out
 
 
+def radau_quadrature(quadrature: Quadrature, x: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights of the (m + 1)-node Gauss-Radau quadrature with a node at x: T_m
+    bordered by beta_m, its last diagonal entry x + delta_m where (T_m - x I) delta = beta_m^2 e_m."""
+    alphas, betas = quadrature.alphas.double(), quadrature.betas.double()
+    m = alphas.numel()
+    T = torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
+    rhs = torch.zeros(m, dtype=torch.float64)
+    rhs[-1] = quadrature.last_beta ** 2
+    delta = torch.linalg.solve(T - x * torch.eye(m, dtype=torch.float64), rhs)
+    extended_alphas = torch.cat([alphas, (x + delta[-1]).reshape(1)])
+    extended_betas = torch.cat([betas, torch.tensor([quadrature.last_beta], dtype=torch.float64)])
+    values, vectors = tridiagonal_eigh(extended_alphas, extended_betas)
+    return values, vectors[0] ** 2
+
+
 def quadrature_bracket(quadrature: Quadrature, x: float) -> Tuple[float, float]:
-    """Chebyshev-Markov-Stieltjes bounds on the weight of the probe's spectral measure below x."""
-    below = quadrature.nodes < x
-    count, weight = int(below.sum()), float(quadrature.weights[below].sum())
+    """Bounds on the weight of the probe's spectral measure strictly below x, given the moments
+    of its Lanczos run (see the module docstring)."""
     if quadrature.exact:
+        weight = float(quadrature.weights[quadrature.nodes < x].sum())
         return weight, weight
-    low = weight - (float(quadrature.weights[count - 1]) if count > 0 else 0.0)
-    high = weight + (float(quadrature.weights[count]) if count < quadrature.nodes.numel() else 0.0)
-    return max(low, 0.0), min(high, 1.0)
+    try:
+        nodes, weights = radau_quadrature(quadrature, x)
+    except torch.linalg.LinAlgError:  # x is a Ritz value: move it below by a rounding error
+        nodes, weights = radau_quadrature(quadrature, x - 1e-12 * abs(x))
+    at_x = int((nodes - x).abs().argmin())
+    low = float(weights[:at_x].sum())
+    return min(max(low, 0.0), 1.0), min(low + float(weights[at_x]), 1.0)
 
 
 def mean_and_stderr(values: Sequence[float]) -> Tuple[float, float]:
