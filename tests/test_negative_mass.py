@@ -54,7 +54,8 @@ def estimate(H: torch.Tensor, seed: int, runs: int = DEFAULTS.slq_runs, steps: i
 
 def test_quadrature_brackets_hold_for_every_probe():
     """Chebyshev-Markov-Stieltjes: for each probe q and any x, q's spectral weight below x lies
-    in the bracket read off its Gauss quadrature, whatever the number of steps."""
+    in the bracket read off the Gauss-Radau quadrature with a node at x built from q's Lanczos
+    run, whatever the number of steps."""
     values = outliers_and_bulk(150, seed=0)
     H = with_spectrum(values, seed=0)
     eigenvalues, vectors = torch.linalg.eigh(H)
