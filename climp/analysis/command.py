@@ -79,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data and random-vector seed")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: one 8-sample batch of a tiny model gains little "
-                             "from more, and on a busy machine extra threads made products 5-15x slower; "
-                             "raise it for big models on idle cores)")
+                        help="torch CPU threads (default 1: products over one small batch of a tiny model "
+                             "gain little from more, and extra threads slow them on a busy machine; raise it "
+                             "for big models on idle cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
