@@ -147,7 +147,8 @@ def fake_hessian(scale: float):
     grid = [-1.0 + 0.1 * i for i in range(31)]
     return {"eigen": {"top": [10.0 * scale]}, "trace": {"trace": 100.0 * scale},
             "density": {"grid": grid, "density": [math.exp(-g * g) for g in grid]},
-            "negative_mass": {"fraction": 0.1 * scale, "uncertainty": 0.02, "threshold_rel": 1e-3}}
+            "negative_mass": {"fraction": 0.1 * scale, "uncertainty": 0.02, "bounds": [0.1 * scale - 0.02,
+                              0.1 * scale + 0.02], "threshold_rel": 1e-2, "threshold": 0.1 * scale}}
 
 
 def fake_bench(model):
