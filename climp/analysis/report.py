@@ -38,7 +38,8 @@ class HessianSettings(FromDict):
     100, slq_runs 10 x slq_steps 100).
 
     hvp: "finite-difference" (two fast first-order gradients per product, error about 2e-4 of
-    ||H|| in float32) or "autograd" (exact double backward; through a selective scan it needs
+    ||H|| in float32 for a smooth loss; each analysis checks smoothness, FD_CONSISTENCY_LIMIT) or
+    "autograd" (exact double backward; through a selective scan it needs
     the pure-PyTorch scan: on climp-tiny 4-6x slower per product) / fd_eps_rel: relative
     finite-difference step (None: the dtype's default, see hvp.DEFAULT_EPS_REL);
     top_k / lanczos_steps / lanczos_tol: eigenvalues (Lanczos, stops at tol relative residual);
