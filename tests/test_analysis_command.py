@@ -61,9 +61,13 @@ FAST = ["--num-batches", "2", "--batch-size", "4", "--top-k", "2", "--lanczos-st
 def test_single_model_writes_table_json_and_plots(tiny, tmp_path, capsys):
     assert command.run(parse(["--model", "tiny-pool", "--output-dir", str(tmp_path), *FAST])) == 0
     printed = capsys.readouterr().out
-    assert "lambda_1" in printed and "negative mass" in printed and "trace (Hutchinson)" in printed
+    assert "lambda_1" in printed and "trace (Hutchinson)" in printed
+    assert "negative mass (lambda < -0.01 max|lambda|)" in printed and "negative mass bounds (95%)" in printed
     results = json.loads((tmp_path / "results.json").read_text())["models"]
     r = results["tiny-pool"]
+    negative = r["negative_mass"]
+    assert negative["threshold_rel"] == 0.01 and negative["probes"] == 2
+    assert negative["bounds"][0] <= negative["fraction"] <= negative["bounds"][1]
     assert r["hvp"]["method"] == "finite-difference" and r["hvp"]["eps_rel"] == 3e-4 and r["excluded"] == []
     assert r["num_parameters"] == sum(p.numel() for p in tiny_loader("tiny-pool", None, None, "cpu")[0].parameters())
     assert len(r["eigen"]["top"]) == 2 and r["eigen"]["top"][0] >= r["eigen"]["top"][1]

@@ -60,6 +60,33 @@ def test_decide_single_seed_stochastic_estimate_uses_its_confidence_intervals():
     assert decide(subject, claims.seed_stats({"0": run(100.0, 10.0)}, trace), trace).verdict == HOLDS
 
 
+def test_negative_mass_is_decided_against_its_uncertainty_even_across_seeds():
+    """The quadrature error is systematic (seeds do not average it out): a gap smaller than the
+    two uncertainties is inconclusive however small the seed spread."""
+    metric = claims.METRICS["hessian_negative_mass"]
+    runs = lambda values, half: {str(i): {"hessian": {"negative_mass": {"fraction": v, "uncertainty": half}}}
+                                 for i, v in enumerate(values)}
+    subject, baseline = (0.30, 0.31, 0.29), (0.10, 0.11, 0.09)
+    wide = decide(claims.seed_stats(runs(subject, 0.15), metric), claims.seed_stats(runs(baseline, 0.15), metric),
+                  metric)
+    assert wide.verdict == INCONCLUSIVE and wide.margin == pytest.approx(0.3)
+    narrow = decide(claims.seed_stats(runs(subject, 0.05), metric), claims.seed_stats(runs(baseline, 0.05), metric),
+                    metric)
+    assert narrow.verdict == HOLDS and narrow.margin == pytest.approx(0.1)
+    reverse = decide(claims.seed_stats(runs(baseline, 0.05), metric), claims.seed_stats(runs(subject, 0.05), metric),
+                     metric)
+    assert reverse.verdict == FAILS
+
+
+def test_hessian_figures_from_inconsistent_finite_differences_are_not_measured():
+    run = {"hessian": {"hvp": {"consistent": False}, "eigen": {"top": [5.0]},
+                       "negative_mass": {"fraction": 0.2, "uncertainty": 0.01}}}
+    for name in ("hessian_top_eig", "hessian_negative_mass"):
+        assert claims.seed_stats({"0": run}, claims.METRICS[name]) is None
+    run["hessian"]["hvp"]["consistent"] = True
+    assert claims.seed_stats({"0": run}, claims.METRICS["hessian_top_eig"]).mean == 5.0
+
+
 def test_single_seed_rates_use_binomial_intervals():
     assert claims.binomial_half_width(0.5, 100) == pytest.approx(1.96 * 0.05)
     metric = claims.METRICS["retrieval_i2t_R@1"]
@@ -119,7 +146,9 @@ def fake_eval(quality: float, seed: int):
 def fake_hessian(scale: float):
     grid = [-1.0 + 0.1 * i for i in range(31)]
     return {"eigen": {"top": [10.0 * scale]}, "trace": {"trace": 100.0 * scale},
-            "density": {"grid": grid, "density": [math.exp(-g * g) for g in grid], "negative_mass": 0.1 * scale}}
+            "density": {"grid": grid, "density": [math.exp(-g * g) for g in grid]},
+            "negative_mass": {"fraction": 0.1 * scale, "uncertainty": 0.02, "bounds": [0.1 * scale - 0.02,
+                              0.1 * scale + 0.02], "threshold_rel": 1e-2, "threshold": 0.1 * scale}}
 
 
 def fake_bench(model):

@@ -209,9 +209,10 @@ def test_auto_uses_cpu_kernel_then_chunked_in_double_backward_mode():
 
 
 def test_auto_on_cuda_depends_on_mamba_ssm(monkeypatch):
-    fake_cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
+    fake_cuda = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
     monkeypatch.setattr(dispatch, "mamba_ssm_available", lambda: True)
     assert resolve_backend("auto", fake_cuda) == "cuda"
+    assert resolve_backend("auto", types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float64)) == "chunked"
     with double_backward_mode():
         assert resolve_backend("auto", fake_cuda, needs_grad=True) == "chunked"
     monkeypatch.setattr(dispatch, "mamba_ssm_available", lambda: False)

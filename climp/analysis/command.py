@@ -48,8 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hess.add_argument("--lanczos-tol", type=float, default=defaults.lanczos_tol, help="relative Ritz residual to stop at")
     hess.add_argument("--hutchinson-samples", type=int, default=defaults.hutchinson_samples, help="trace probes")
     hess.add_argument("--confidence", type=float, default=defaults.confidence, help="trace confidence level")
-    hess.add_argument("--slq-runs", type=int, default=defaults.slq_runs, help="SLQ runs (random start vectors)")
-    hess.add_argument("--slq-steps", type=int, default=defaults.slq_steps, help="Lanczos steps per SLQ run")
+    hess.add_argument("--slq-runs", type=int, default=defaults.slq_runs,
+                      help="SLQ runs (Rademacher probes, >= 2) for the density and the negative mass")
+    hess.add_argument("--slq-steps", type=int, default=defaults.slq_steps,
+                      help="Lanczos steps per SLQ run (more resolve the negative mass at smaller thresholds)")
+    hess.add_argument("--negative-threshold", type=float, default=defaults.negative_threshold,
+                      help="negative mass counts eigenvalues below -this * max|lambda| (keep it above the "
+                           "products' relative error, ~2e-4 for float32 finite differences)")
     hess.add_argument("--density-sigma", type=float, default=defaults.density_sigma,
                       help="Gaussian broadening std, relative to the spectral range")
     hess.add_argument("--hvp", choices=HVP_METHODS, default=defaults.hvp,
@@ -57,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "gradients each, error ~2e-4 of ||H|| in float32) or exact double backward "
                            "(through a selective scan it needs the pure-PyTorch scan: 4-6x slower on climp-tiny)")
     hess.add_argument("--fd-eps-rel", type=float, default=None,
-                      help="finite-difference step relative to 1 + rms(theta) (default: 3e-4 float32, 1e-6 float64)")
+                      help="finite-difference step relative to 1 + rms(theta) (default: 3e-4 float32, 1e-7 float64)")
     hess.add_argument("--cache-graph", action="store_true",
                       help="with --hvp autograd: keep each batch's gradient graph between products "
                            "(faster, more memory)")
@@ -74,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data and random-vector seed")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: one 8-sample batch of a tiny model gains little "
-                             "from more, and on a busy machine extra threads made products 5-15x slower; "
-                             "raise it for big models on idle cores)")
+                        help="torch CPU threads (default 1: products over one small batch of a tiny model "
+                             "gain little from more, and extra threads slow them on a busy machine; raise it "
+                             "for big models on idle cores)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -85,6 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> HessianSettings:
         top_k=args.top_k, lanczos_steps=args.lanczos_steps, lanczos_tol=args.lanczos_tol,
         hutchinson_samples=args.hutchinson_samples, confidence=args.confidence,
         slq_runs=args.slq_runs, slq_steps=args.slq_steps, density_sigma=args.density_sigma,
+        negative_threshold=args.negative_threshold,
         landscape=args.landscape, landscape_directions=args.landscape_directions,
         landscape_steps=args.landscape_steps, landscape_range=args.landscape_range,
         ignore_1d=args.ignore_1d, seed=args.seed, hvp=args.hvp, fd_eps_rel=args.fd_eps_rel,
@@ -160,6 +166,8 @@ def analyse_models(args: argparse.Namespace, settings: HessianSettings) -> int:
         print(f"analysing {label} ...", flush=True)
         excluded = exclusions(args.exclude, model)
         result = analyse_hessian(model, batches, ContrastiveLoss(), args.params, settings, excluded)
+        for warning in result["warnings"]:
+            print(f"WARNING ({label}): {warning}", flush=True)
         results[label] = {"model": name, "checkpoint": checkpoint, "image_size": size, "excluded": excluded, **result}
     print(format_table(results))
     (out_dir / "results.json").write_text(json.dumps({"models": results, "torch_threads": args.threads}, indent=1))

@@ -5,7 +5,7 @@ mu_q = sum_i (q . u_i)^2 delta(lambda_i): nodes are the Ritz values theta_j and 
 squared first components of T's eigenvectors, exact for polynomials up to degree 2m-1. With
 q a normalised Rademacher vector, E[mu_q] is the spectral density (1/n) sum_i delta(lambda_i);
 averaging several runs and replacing each node by a Gaussian gives a smooth density estimate
-(Ghorbani et al. 2019; PyHessian's density). Non-convexity is read off as the mass below zero.
+(Ghorbani et al. 2019; PyHessian's density). negative_mass.py reads the same quadratures.
 """
 from __future__ import annotations
 
@@ -24,10 +24,22 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class Quadrature:
-    """One SLQ run: nodes (Ritz values) and weights summing to 1."""
+    """One SLQ run: nodes (Ritz values, ascending) and weights summing to 1; the Lanczos
+    tridiagonal they come from (alphas, betas) and the residual norm after its last step
+    (last_beta), from which quadratures with a prescribed node follow; exact: the run exhausted
+    its Krylov space, so the quadrature is the probe's spectral measure itself."""
 
     nodes: torch.Tensor
     weights: torch.Tensor
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    last_beta: float
+    exact: bool = False
+
+    @property
+    def steps(self) -> int:
+        """Lanczos steps of the run (fewer than asked when its Krylov space was exhausted)."""
+        return int(self.nodes.numel())
 
 
 def slq_quadratures(
@@ -49,19 +61,18 @@ def slq_quadratures(
         state = lanczos(matvec, start, num_steps, keep_basis=False,
                         progress=None if progress is None else f"{progress} run {run + 1}")
         values, vectors = tridiagonal_eigh(state.alphas, state.betas)
-        runs.append(Quadrature(values.cpu(), (vectors[0] ** 2).cpu()))
+        exhausted = values.numel() == dim or state.last_beta <= 1e-10 * max(float(values.abs().max()), 1e-300)
+        runs.append(Quadrature(values.cpu(), (vectors[0] ** 2).cpu(), state.alphas.cpu(), state.betas.cpu(),
+                               state.last_beta, exact=exhausted))
     return runs
 
 
 @dataclass
 class SpectralDensity:
-    """Smoothed density on a grid plus the summaries derived from the quadratures.
-
-    moments: SLQ estimates of (1/n) tr(H) and (1/n) tr(H^2); negative_mass: quadrature weight at
-    nodes below -zero_tol * max|node| (fraction of eigenvalues that are negative beyond noise);
-    negative_mass_density: integral of the smoothed density below 0 (PyHessian-style reading,
-    which counts half of the broadened mass of eigenvalues at 0).
-    """
+    """Smoothed density on a grid plus the moments derived from the quadratures: SLQ estimates
+    of (1/n) tr(H) and (1/n) tr(H^2). The density is for plotting: its broadening (a fraction of
+    the whole spectral range) smears the bulk of eigenvalues near zero across zero, so the
+    negative mass is estimated separately (negative_mass.py)."""
 
     grid: torch.Tensor
     density: torch.Tensor
@@ -69,8 +80,6 @@ class SpectralDensity:
     quadratures: List[Quadrature]
     mean: float
     second_moment: float
-    negative_mass: float
-    negative_mass_density: float
     node_min: float
     node_max: float
 
@@ -79,8 +88,9 @@ class SpectralDensity:
             "grid": self.grid.tolist(), "density": self.density.tolist(), "sigma": self.sigma,
             "nodes": [q.nodes.tolist() for q in self.quadratures],
             "weights": [q.weights.tolist() for q in self.quadratures],
+            "lanczos": [{"alphas": q.alphas.tolist(), "betas": q.betas.tolist(), "last_beta": q.last_beta,
+                         "exact": q.exact} for q in self.quadratures],
             "mean": self.mean, "second_moment": self.second_moment,
-            "negative_mass": self.negative_mass, "negative_mass_density": self.negative_mass_density,
             "node_min": self.node_min, "node_max": self.node_max,
         }
 
@@ -98,7 +108,6 @@ def spectral_density(
     quadratures: List[Quadrature],
     num_grid: int = 1000,
     relative_sigma: float = 0.01,
-    zero_tol: float = 1e-4,
 ) -> SpectralDensity:
     """Smooth the quadratures with Gaussians of std relative_sigma * (node range) on a grid
     reaching 6 std beyond the extreme nodes, so the density integrates to 1."""
@@ -109,9 +118,6 @@ def spectral_density(
     sigma = relative_sigma * max(hi - lo, abs(hi), abs(lo), 1e-12)
     grid = torch.linspace(lo - 6 * sigma, hi + 6 * sigma, num_grid, dtype=torch.float64)
     density = gaussian_broadening(quadratures, grid, sigma)
-    threshold = zero_tol * max(abs(lo), abs(hi))
-    below = grid <= 0
-    negative_density = float(torch.trapezoid(density[below], grid[below])) if below.sum() > 1 else 0.0
     return SpectralDensity(
         grid=grid,
         density=density,
@@ -119,8 +125,6 @@ def spectral_density(
         quadratures=quadratures,
         mean=sum(float(q.weights @ q.nodes) for q in quadratures) / len(quadratures),
         second_moment=sum(float(q.weights @ q.nodes ** 2) for q in quadratures) / len(quadratures),
-        negative_mass=sum(float(q.weights[q.nodes < -threshold].sum()) for q in quadratures) / len(quadratures),
-        negative_mass_density=negative_density,
         node_min=lo,
         node_max=hi,
     )

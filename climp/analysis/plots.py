@@ -15,12 +15,19 @@ Results = Mapping[str, Mapping[str, Any]]
 
 
 def plot_density(results: Results, path: Path) -> Path:
-    """Smoothed eigenvalue density of each model on a log scale, zero marked."""
+    """Smoothed eigenvalue density of each model on a log scale, zero and each model's
+    negative-mass threshold marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, r in results.items():
         grid, density = np.asarray(r["density"]["grid"]), np.asarray(r["density"]["density"])
         floor = density.max() * 1e-8
-        ax.semilogy(grid, np.maximum(density, floor), label=f"{label} (neg. mass {r['density']['negative_mass']:.3f})")
+        negative = r.get("negative_mass")
+        note = "" if negative is None else (f"\nfraction below -{negative['threshold_rel']:g} max|λ| (dotted): "
+                                            f"{negative['fraction']:.2g}, bounds [{negative['bounds'][0]:.2g}, "
+                                            f"{negative['bounds'][1]:.2g}]")
+        (line,) = ax.semilogy(grid, np.maximum(density, floor), label=label + note)
+        if negative is not None and negative.get("threshold"):
+            ax.axvline(-negative["threshold"], color=line.get_color(), linewidth=0.8, linestyle=":")
     ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log)")

@@ -18,29 +18,36 @@ from .density import slq_quadratures, spectral_density
 from .eigen import top_eigenpairs
 from .hvp import HVP_METHODS, HessianOperator, LossFn
 from .landscape import filter_normalized_direction, loss_slice
+from .negative_mass import DEFAULT_THRESHOLD_REL, negative_mass
 from .params import select_parameters
-from .trace import hutchinson_trace
+from .trace import hutchinson_trace, rademacher
 from ..dataconfig import FromDict
 
 LANDSCAPE_MODES = ("none", "1d", "2d")
 DIRECTION_KINDS = ("eigen", "random")
+# Largest ||Hv(h) - Hv(4h)|| / ||Hv(h)|| accepted from finite differences: smooth losses stay
+# within a few percent (rounding, truncation), non-smooth ones (max pooling) reach 1 or more.
+FD_CONSISTENCY_LIMIT = 0.25
 
 
 @dataclass
 class HessianSettings(FromDict):
-    """Knobs of one analysis. Defaults (at most 50 Hessian-vector products, finite
-    differences: about 100 gradient evaluations) keep a tiny model on a CPU in minutes;
+    """Knobs of one analysis. Defaults (about 270 Hessian-vector products, finite
+    differences: about 540 gradient evaluations) keep a tiny model on a CPU in minutes;
     publication-grade numbers want more (e.g. top_k 5, lanczos_steps 60, hutchinson_samples
-    100, slq_runs 5 x slq_steps 80).
+    100, slq_runs 10 x slq_steps 100).
 
     hvp: "finite-difference" (two fast first-order gradients per product, error about 2e-4 of
-    ||H|| in float32) or "autograd" (exact double backward; through a selective scan it needs
+    ||H|| in float32 for a smooth loss; each analysis checks smoothness, FD_CONSISTENCY_LIMIT) or
+    "autograd" (exact double backward; through a selective scan it needs
     the pure-PyTorch scan: on climp-tiny 4-6x slower per product) / fd_eps_rel: relative
     finite-difference step (None: the dtype's default, see hvp.DEFAULT_EPS_REL);
     top_k / lanczos_steps / lanczos_tol: eigenvalues (Lanczos, stops at tol relative residual);
     hutchinson_samples / confidence: trace and its confidence interval;
-    slq_runs / slq_steps / density_grid / density_sigma (relative to the spectral range) /
-    zero_tol (relative, for negative mass): spectral density;
+    slq_runs (>= 2) / slq_steps / density_grid / density_sigma (relative to the spectral range):
+    spectral density, and the negative mass from the same runs (negative_mass.py):
+    negative_threshold: it counts eigenvalues below -negative_threshold * max|lambda|; keep it
+    above the products' relative error (finite differences in float32: ~2e-4);
     landscape ("none", "1d", "2d") / landscape_directions ("eigen": top eigenvectors, unit norm;
     "random": filter-normalised) / landscape_steps per axis / landscape_range (coordinates in
     [-range, range]) / ignore_1d (zero direction on biases and norms, random directions only);
@@ -55,11 +62,11 @@ class HessianSettings(FromDict):
     lanczos_tol: float = 1e-2
     hutchinson_samples: int = 10
     confidence: float = 0.95
-    slq_runs: int = 1
-    slq_steps: int = 20
+    slq_runs: int = 4
+    slq_steps: int = 60
     density_grid: int = 1000
     density_sigma: float = 0.01
-    zero_tol: float = 1e-4
+    negative_threshold: float = DEFAULT_THRESHOLD_REL
     landscape: str = "1d"
     landscape_directions: str = "eigen"
     landscape_steps: int = 11
@@ -76,8 +83,12 @@ class HessianSettings(FromDict):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"HessianSettings.{name} must be >= 1, got {getattr(self, name)}")
-        if self.hutchinson_samples < 2:
-            raise ValueError(f"HessianSettings.hutchinson_samples must be >= 2, got {self.hutchinson_samples}")
+        for name in ("hutchinson_samples", "slq_runs"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"HessianSettings.{name} must be >= 2 (a standard error needs 2 probes), "
+                                 f"got {getattr(self, name)}")
+        if not 0 < self.negative_threshold < 1:
+            raise ValueError(f"HessianSettings.negative_threshold must lie in (0, 1), got {self.negative_threshold}")
         if self.landscape not in LANDSCAPE_MODES:
             raise ValueError(f"HessianSettings.landscape must be one of {LANDSCAPE_MODES}, got {self.landscape!r}")
         if self.landscape_directions not in DIRECTION_KINDS:
@@ -111,12 +122,22 @@ def landscape_directions(op: HessianOperator, settings: HessianSettings, eigenve
     return [filter_normalized_direction(op.params, generator, settings.ignore_1d) for _ in range(count)]
 
 
-def hvp_description(op: HessianOperator) -> Dict[str, Any]:
+def hvp_description(op: HessianOperator, consistency: Optional[float]) -> Dict[str, Any]:
     """How the operator computes products: method, parameter dtype and, for finite
-    differences, the relative and absolute step."""
+    differences, the relative and absolute step and the consistency check (whether the products
+    can be trusted: see HessianOperator.finite_difference_consistency)."""
     fd = op.method == "finite-difference"
     return {"method": op.method, "dtype": str(op.params[0].dtype).replace("torch.", ""),
-            "eps_rel": op.eps_rel, "step": op.finite_difference_step() if fd else None}
+            "eps_rel": op.eps_rel, "step": op.finite_difference_step() if fd else None,
+            "consistency": consistency,
+            "consistent": None if consistency is None else consistency <= FD_CONSISTENCY_LIMIT}
+
+
+def inconsistency_warning(consistency: float) -> str:
+    return (f"finite-difference products change by {consistency:.3g} (relative) between steps h and 4h "
+            f"(limit {FD_CONSISTENCY_LIMIT}): the loss is not smooth at the step's scale (max pooling, "
+            "kinks), so the products measure gradient jumps, not the Hessian, and every curvature figure "
+            "of this analysis is unreliable. Use --hvp autograd.")
 
 
 def analyse_hessian(
@@ -133,8 +154,9 @@ def analyse_hessian(
     parameter-name prefixes) or a {name: Parameter} mapping; exclude: names dropped from a
     selection by names. The model runs in eval mode; its state is unchanged afterwards.
     Returns a JSON-ready dict: loss, gradient norm, eigenvalues, |min|/max, trace with CI,
-    spectral density with negative mass, landscape slice, how the Hessian-vector products
-    were computed ("hvp"), cost (products and seconds).
+    spectral density, negative mass with its bounds and threshold, landscape slice, how the
+    Hessian-vector products were computed ("hvp", with the finite-difference consistency
+    check), warnings (a failed check), cost (products and seconds).
     """
     settings = settings or HessianSettings()
     chosen = dict(params) if isinstance(params, Mapping) else select_parameters(model, params, exclude)
@@ -153,6 +175,10 @@ def analyse_hessian(
 
     loss = stage("loss", op.loss)
     grad_norm = stage("gradient", lambda: float(op.gradient().norm()))
+    consistency = None
+    if op.method == "finite-difference":
+        probe = rademacher(op.dim, seeded(settings.seed, 5)).to(device)
+        consistency = stage("hvp check", lambda: op.finite_difference_consistency(probe))
     eig = stage("eigen", lambda: top_eigenpairs(
         op.matvec, op.dim, settings.top_k, settings.lanczos_steps, settings.lanczos_tol,
         seeded(settings.seed, 1), device, bar("Lanczos (top eigenvalues)")))
@@ -162,13 +188,17 @@ def analyse_hessian(
     quadratures = stage("density", lambda: slq_quadratures(
         op.matvec, op.dim, settings.slq_runs, settings.slq_steps, seeded(settings.seed, 3), device,
         bar("SLQ density")))
-    density = spectral_density(quadratures, settings.density_grid, settings.density_sigma, settings.zero_tol)
+    density = spectral_density(quadratures, settings.density_grid, settings.density_sigma)
+    scale = max(abs(eig.min_value), abs(eig.top_values[0]))
+    negative = negative_mass(quadratures, settings.negative_threshold, scale, settings.confidence)
     op.clear_cache()
 
     result: Dict[str, Any] = {
         "num_parameters": op.dim,
         "parameter_names": op.names,
-        "hvp": hvp_description(op),
+        "hvp": hvp_description(op, consistency),
+        "warnings": [] if consistency is None or consistency <= FD_CONSISTENCY_LIMIT
+        else [inconsistency_warning(consistency)],
         "num_batches": len(op.batches),
         "loss": loss,
         "grad_norm": grad_norm,
@@ -177,6 +207,7 @@ def analyse_hessian(
         "abs_min_over_max": abs(eig.min_value) / eig.top_values[0] if eig.top_values[0] > 0 else None,
         "trace": trace.to_dict(),
         "density": {**density.to_dict(), "trace_estimate": density.mean * op.dim},
+        "negative_mass": negative.to_dict(),
     }
     if settings.landscape != "none":
         directions = landscape_directions(op, settings, eig.top_vectors)
@@ -208,12 +239,20 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def consistency_text(hvp: Mapping[str, Any]) -> Optional[str]:
+    """"True (0.03)": the finite-difference check's verdict and value; None for autograd."""
+    if hvp.get("consistency") is None:
+        return None
+    return f"{hvp['consistent']} ({hvp['consistency']:.2g})"
+
+
 def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
     """The headline numbers of one analysis, in table order."""
     t = result["trace"]
     rows: Dict[str, Any] = {
         "parameters": result["num_parameters"],
         "Hessian-vector products by": result["hvp"]["method"],
+        "finite differences consistent (h vs 4h)": consistency_text(result["hvp"]),
         "batches": result["num_batches"],
         "loss": result["loss"],
         "gradient norm": result["grad_norm"],
@@ -224,8 +263,10 @@ def summary_rows(result: Mapping[str, Any]) -> Dict[str, Any]:
     rows["|lambda_min| / lambda_max"] = result["abs_min_over_max"]
     rows["trace (Hutchinson)"] = f"{t['trace']:.4g} +- {t['ci_high'] - t['trace']:.2g}"
     rows["trace (SLQ)"] = result["density"]["trace_estimate"]
-    rows["negative mass"] = result["density"]["negative_mass"]
-    rows["negative mass (smoothed)"] = result["density"]["negative_mass_density"]
+    n = result["negative_mass"]
+    label = f"negative mass (lambda < -{n['threshold_rel']:g} max|lambda|)"
+    rows[label] = f"{n['fraction']:.3g} (std err {n['stderr']:.2g})"
+    rows[f"negative mass bounds ({n['confidence']:.0%})"] = f"[{n['bounds'][0]:.3g}, {n['bounds'][1]:.3g}]"
     rows["landscape max rise"] = landscape_rise(result)
     rows["Hessian-vector products"] = sum(result["cost"]["hessian_vector_products"].values())
     rows["seconds"] = result["cost"]["total_seconds"]

@@ -23,8 +23,14 @@ from .weights import load_state_dict_strict, read_state_dict
 from ..dataconfig import FromDict
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 if it is a narrower float (bf16, fp16), else unchanged: float64 models
+    compute in float64 end to end."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square layer norm with a learned scale, computed in float32."""
+    """Root-mean-square layer norm with a learned scale, computed in float32 at least."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -32,9 +38,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).to(x.dtype)
+        h = at_least_float32(x)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * at_least_float32(self.weight)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -127,12 +133,12 @@ class MambaMixer(nn.Module):
         y = selective_scan(
             x,
             delta,
-            -torch.exp(self.A_log.float()),
+            -torch.exp(at_least_float32(self.A_log)),
             B.transpose(1, 2).contiguous(),
             C.transpose(1, 2).contiguous(),
-            D=self.D.float(),
+            D=at_least_float32(self.D),
             z=z.contiguous(),
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=at_least_float32(self.dt_proj.bias),
             delta_softplus=True,
             backend=self.scan_backend,
         )

@@ -43,7 +43,8 @@ def resize_grid_embedding(pos_embed: torch.Tensor, old_grid: tuple, new_grid: tu
     cls_tok, grid = pos_embed[:1], pos_embed[1:]
     width = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], width).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.to(torch.promote_types(grid.dtype, torch.float32))  # float64 stays float64
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], width).to(pos_embed.dtype)
     return torch.cat([cls_tok, grid], dim=0)
 

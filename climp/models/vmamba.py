@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from climp.ops import ss2d
 from ..dataconfig import FromDict
+from .mamba import at_least_float32
 from .validation import check_images
 
 NUM_DIRECTIONS = 4
@@ -231,9 +232,9 @@ class SS2D(nn.Module):
             x,
             x_dbl.view(batch, height, width, NUM_DIRECTIONS, self.dt_rank + 2 * self.d_state),
             self.dt_projs_weight,
-            self.dt_projs_bias,
-            -torch.exp(self.A_logs),
-            self.Ds,
+            at_least_float32(self.dt_projs_bias),
+            -torch.exp(at_least_float32(self.A_logs)),
+            at_least_float32(self.Ds),
             delta_softplus=True,
             backend=self.scan_backend,
         )

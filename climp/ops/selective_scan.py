@@ -5,7 +5,8 @@ and backward), "chunked" (parallel scan in plain PyTorch ops, any device), "cuda
 (mamba_ssm's kernel). Every backend takes the same arguments and returns the same values.
 
 How "auto" chooses:
-  * CUDA tensors use "cuda" when mamba_ssm is importable;
+  * CUDA tensors use "cuda" when mamba_ssm is importable, except float64 ones (mamba_ssm's
+    kernel computes in float32 at most; "chunked" keeps float64 end to end);
   * CPU tensors use "cpu" when the C kernel builds (else "chunked", with a one-time warning);
   * any other device uses "chunked";
   * inside `double_backward_mode()`, when grad mode is on and an input requires grad, "auto"
@@ -112,7 +113,7 @@ def resolve_backend(backend: str, u: torch.Tensor, needs_grad: bool = False) -> 
     if needs_grad and double_backward_enabled():
         return "chunked"
     if u.device.type == "cuda":
-        return "cuda" if mamba_ssm_available() else "chunked"
+        return "cuda" if mamba_ssm_available() and u.dtype != torch.float64 else "chunked"
     if u.device.type == "cpu":
         return _cpu_backend_or_fallback()
     return "chunked"
