@@ -3,7 +3,9 @@
 A "busy neighbour" is a second Python process spinning on the CPU (what another job on a shared
 machine does). One step is forward + CLIP loss + backward of a synthetic batch. Rounds alternate
 alone / with neighbour, each model a few steps per round; the table reports each model's median
-step time in both states and their ratio, all measured in this one run.
+step time in both states and their ratio, all measured in this one run. The OpenMP wait policy
+in effect is printed: climp's default is PASSIVE (idle threads sleep);
+`OMP_WAIT_POLICY=ACTIVE python benchmarks/neighbour.py` measures spinning threads instead.
 
   python benchmarks/neighbour.py                 # batch 64, 64 px, 3 rounds of 3 steps
   python benchmarks/neighbour.py --batch 16 --rounds 2 --steps 2
@@ -19,10 +21,11 @@ import time
 from statistics import median
 from typing import Callable, Dict, List
 
-import torch
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+
+import climp  # noqa: E402 - before torch: climp sets the OpenMP wait policy before torch loads it
+import torch  # noqa: E402
 
 MODELS = ("climp-tiny", "clip-vit-tiny")
 SPIN = "while True:\n    pass\n"
@@ -30,7 +33,6 @@ SPIN = "while True:\n    pass\n"
 
 def make_step(name: str, batch: int, size: int) -> Callable[[], None]:
     """One forward + CLIP loss + backward of `name` on a fixed random batch."""
-    import climp
     from open_clip.loss import ClipLoss
 
     torch.manual_seed(0)
@@ -89,6 +91,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {alone:.3f} | {busy:.3f} | {busy / alone:.2f}x |")
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
     print(f"\nbatch {args.batch}, {args.size} px, torch threads {args.threads}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
           f"{os.cpu_count()} CPUs, medians of {args.rounds} x {args.steps} steps per state\ncommand: {command}")
     return 0
 
