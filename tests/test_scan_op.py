@@ -186,3 +186,18 @@ def test_reference_is_not_routed_through_the_op():
     out = selective_scan(*(x[k] for k in NAMES), backend="reference")
     assert "climp" not in type(out.grad_fn).__name__.lower()
     torch.testing.assert_close(out, selective_scan_reference(*(x[k] for k in NAMES)))
+
+
+def test_kernel_shares_torchs_openmp_runtime():
+    """One OpenMP runtime in the process: the kernel's parallel regions run in PyTorch's team."""
+    import sys
+    from pathlib import Path
+
+    from climp.ops.cpu_build import load_cpu_kernel, torch_openmp_library
+
+    if not sys.platform.startswith("linux") or torch_openmp_library() is None:
+        pytest.skip("needs Linux and a PyTorch built with libgomp")
+    load_cpu_kernel()
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+              if "libgomp" in line.split()[-1]}
+    assert len(mapped) == 1, f"more than one OpenMP runtime loaded: {sorted(mapped)}"
