@@ -103,6 +103,16 @@ def test_compiled_climp_tiny_training_step_matches_eager_aot():
 
 
 @pytest.mark.slow
+def test_climp_tiny_towers_compile_as_one_graph():
+    """fullgraph=True on each tower: no graph break anywhere (scan ops included)."""
+    model = tiny_climp()
+    images, texts = step_inputs()
+    for tower, x in ((model.visual, images), (model.text, texts)):
+        compiled = torch.compile(tower, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), tower(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_compiled_climp_tiny_training_step_matches_eager_inductor():
     """The default torch.compile backend, generated code included."""
     assert_step_matches("inductor")
