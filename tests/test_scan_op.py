@@ -211,3 +211,16 @@ def test_kernel_shares_torchs_openmp_runtime():
     mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
               if "libgomp" in line.split()[-1]}
     assert len(mapped) == 1, f"more than one OpenMP runtime loaded: {sorted(mapped)}"
+
+
+def test_import_climp_makes_idle_openmp_threads_sleep_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import climp, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for preset, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = dict(env, **({"OMP_WAIT_POLICY": preset} if preset else {}))
+        result = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == expected
