@@ -155,6 +155,27 @@ def test_threaded_kernel_matches_reference(monkeypatch, batch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch", [1, 5])  # block items with per-thread dxdbl copies; whole batch elements
+def test_threaded_backward_is_bit_identical(monkeypatch, batch):
+    """Two identical float32 backward passes at 2 threads give the same bits: the parameter
+    gradients are summed over items per thread, so the item-to-thread map must be fixed."""
+    import climp.ops.fused_ss2d as fused_module
+
+    monkeypatch.setattr(fused_module, "MIN_UPDATES_PER_THREAD", 1)
+    inputs = make_inputs(batch, 6, 7, 40, 3, 1, dtype=torch.float32)
+    grad_out = torch.randn(batch, 6, 7, 40, generator=torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [grads_of(ss2d, inputs, True, grad_out)[1] for _ in range(6)]
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for got, want in zip(other, runs[0]):
+            assert torch.equal(got, want)
+
+
+@needs_kernel
 @pytest.mark.parametrize("forward_type", ["v05_noz", "v2"])
 def test_vmamba_tower_fused_equals_unfused(forward_type):
     from climp.models.vmamba import VMambaConfig, VMambaVisionTower

@@ -1,11 +1,10 @@
 """FLOPs, peak memory and throughput of image and text towers.
 
 FLOPs: torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add of matmuls, convs and
-attention; elementwise ops are not counted). The selective scan has no aten matmul inside the
-fast kernels, so while counting it runs as the custom op `climp_eval::selective_scan`, whose FLOP
-formula follows VMamba's `flops_selective_scan_fn`: 9*B*L*D*N, plus B*D*L each for the D skip
-and the z gate. The op has a fake implementation, so whole models can be counted on the meta
-device without computing anything.
+attention; elementwise ops are not counted). The selective scan is the custom op
+`climp::selective_scan` (climp.ops), whose registered FLOP formula follows VMamba's
+`flops_selective_scan_fn`: 9*B*L*D*N, plus B*D*L each for the D skip and the z gate. The op has a
+fake implementation, so whole models are counted on the meta device without computing anything.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated. Elsewhere (CPU, meta) a dispatch mode
 tracks every storage that aten ops allocate during the forward and when it is freed; the peak of
@@ -20,51 +19,17 @@ hooking autograd's saved tensors (measure_saved_activations).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-
-def selective_scan_flops(batch: int, dim: int, length: int, state: int, with_D: bool = True,
-                         with_z: bool = False) -> int:
-    """FLOPs of one selective scan, following VMamba's count for mamba_ssm's reference scan."""
-    flops = 9 * batch * length * dim * state
-    if with_D:
-        flops += batch * dim * length
-    if with_z:
-        flops += batch * dim * length
-    return flops
-
-
-_ACTIVE_BACKEND: List[Callable[..., torch.Tensor]] = []
-
-
-@torch.library.custom_op("climp_eval::selective_scan", mutates_args=())
-def counted_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                           C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                           delta_bias: Optional[torch.Tensor], delta_softplus: bool) -> torch.Tensor:
-    """The scan backend active in `scan_flops_counted`, seen by dispatch modes as one op."""
-    return _ACTIVE_BACKEND[-1](u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                               delta_softplus=delta_softplus).clone()
-
-
-@counted_selective_scan.register_fake
-def _counted_selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    return torch.empty_like(u)
-
-
-@register_flop_formula(torch.ops.climp_eval.selective_scan)
-def _scan_flop_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, *args, **kwargs) -> int:
-    batch, dim, length = u_shape
-    return selective_scan_flops(batch, dim, length, A_shape[1], with_D=D_shape is not None,
-                                with_z=z_shape is not None)
+from ..ops import selective_scan_flops  # noqa: F401 - part of this module's API
 
 
 @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
@@ -74,32 +39,10 @@ def _cpu_flash_attention_flop_formula(query_shape, key_shape, value_shape, *args
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-@contextlib.contextmanager
-def scan_flops_counted() -> Iterator[None]:
-    """Route every climp.ops selective-scan backend through the counted custom op."""
-    from climp.ops import BACKENDS
-    originals = dict(BACKENDS)
-
-    def routed(backend: Callable) -> Callable:
-        def run(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-            _ACTIVE_BACKEND.append(backend)
-            try:
-                return counted_selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-            finally:
-                _ACTIVE_BACKEND.pop()
-        return run
-
-    BACKENDS.update({name: routed(fn) for name, fn in originals.items()})
-    try:
-        yield
-    finally:
-        BACKENDS.update(originals)
-
-
 @torch.no_grad()
 def count_flops(fn: Callable[..., Any], *args: Any) -> Dict[str, Any]:
     """Total forward FLOPs of fn(*args) and the split by operator, selective scan included."""
-    with scan_flops_counted(), FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:
         fn(*args)
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return {"flops": int(counter.get_total_flops()), "flops_by_op": by_op}

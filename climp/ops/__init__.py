@@ -1,5 +1,6 @@
 """Selective-scan kernels, the SS2D cross-scan and the fused SS2D op; imports nothing else from climp."""
 from .cpu_build import build_cpu_kernel, cpu_kernel_available
+from .cpu_scan import selective_scan_flops
 from .cross_scan import cross_merge, cross_scan
 from .reference import selective_scan_reference
 from .selective_scan import BACKENDS, double_backward_mode, resolve_backend, selective_scan
@@ -15,6 +16,7 @@ __all__ = [
     "fused_ss2d_available",
     "resolve_backend",
     "selective_scan",
+    "selective_scan_flops",
     "selective_scan_reference",
     "ss2d",
     "ss2d_reference",

@@ -42,8 +42,9 @@ def selective_scan_chunked(
     z: Optional[torch.Tensor] = None,
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
+    return_last_state: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
+):
     """Selective scan by chunked parallel scans (same contract as selective_scan_reference)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -75,4 +76,6 @@ def selective_scan_chunked(
         y = y + u_c.reshape(batch, dim, length) * D.to(dtype)[:, None]
     if z is not None:
         y = y * F.silu(z.to(dtype))
+    if return_last_state:
+        return y.to(u.dtype), h.reshape(batch, dim, state)
     return y.to(u.dtype)

@@ -5,6 +5,11 @@ of the sources, the compiler, its flags and the host CPU (the build uses -march=
 source change or a different machine gets a fresh build. The compiler writes a temporary file
 that is renamed into place, which makes concurrent first uses (pytest-xdist, torchrun ranks)
 safe. Set CLIMP_CACHE to choose the cache directory and CC to choose the compiler.
+
+OpenMP: the library is linked against the OpenMP runtime PyTorch itself loaded (torch/lib's
+libgomp in pip wheels), so the kernels' parallel regions run in the same thread team as
+PyTorch's own ops, with its wait policy and `torch.set_num_threads` (the thread count is also
+passed to every call), instead of a second pool of spinning threads beside PyTorch's.
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ from pathlib import Path
 from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h")
+SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "parallel.h")
+# The translation units among SOURCES (the rest are headers they include).
+C_SOURCES = tuple(name for name in SOURCES if name.endswith(".c"))
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
 # Tried in order: the fast build first, then builds without flags some compilers lack.
 OPTIONAL_FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
@@ -71,11 +78,38 @@ def _compiler_version(compiler: str) -> str:
     return result.stdout
 
 
+def torch_openmp_library() -> Optional[Path]:
+    """The OpenMP runtime (libgomp) loaded into this process by PyTorch, if any.
+
+    Read from /proc/self/maps (what is actually loaded), else looked up in torch/lib."""
+    import torch  # noqa: F401 - loads torch's libraries, whose runtime is wanted
+
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split()[-1]
+            if "/" in path and Path(path).name.startswith("libgomp") and ".so" in path:
+                return Path(path)
+    except OSError:
+        pass
+    found = sorted(Path(torch.__file__).with_name("lib").glob("libgomp*.so*"))
+    return found[0] if found else None
+
+
+def _link_flags() -> List[str]:
+    """Link against torch's libgomp (by path, with an rpath to its folder) rather than the
+    compiler's: --as-needed drops the compiler's -lgomp, which -fopenmp appends after it."""
+    runtime = torch_openmp_library()
+    if runtime is None:
+        return []
+    return ["-Wl,--as-needed", str(runtime), f"-Wl,-rpath,{runtime.parent}"]
+
+
 def _library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update((CSRC / name).read_bytes())
-    for part in (compiler, _compiler_version(compiler), " ".join(BASE_FLAGS), repr(OPTIONAL_FLAG_SETS), _cpu_signature()):
+    for part in (compiler, _compiler_version(compiler), " ".join(BASE_FLAGS), repr(OPTIONAL_FLAG_SETS),
+                 " ".join(_link_flags()), _cpu_signature()):
         digest.update(part.encode())
     suffix = ".dll" if os.name == "nt" else ".so"
     return cache_root() / f"selective_scan-{digest.hexdigest()[:16]}" / f"climp_selective_scan{suffix}"
@@ -87,7 +121,8 @@ def _compile(compiler: str, target: Path) -> None:
     for extra in OPTIONAL_FLAG_SETS:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=target.suffix)
         os.close(fd)
-        cmd = [compiler, *BASE_FLAGS, *extra, "-o", tmp, str(CSRC / "selective_scan.c"), "-lm"]
+        openmp = _link_flags() if "-fopenmp" in extra else []
+        cmd = [compiler, *BASE_FLAGS, *extra, "-o", tmp, *(str(CSRC / name) for name in C_SOURCES), *openmp, "-lm"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode == 0:
             os.replace(tmp, target)
@@ -101,10 +136,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix in ("f32", "f64"):
         fwd = getattr(lib, f"selective_scan_fwd_{suffix}")
-        fwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 2 + [i64] * 5 + [i32]
+        fwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 3 + [i64] * 5 + [i32]
         fwd.restype = None
         bwd = getattr(lib, f"selective_scan_bwd_{suffix}")
-        bwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 10 + [i64] * 5 + [i32]
+        bwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 11 + [i64] * 5 + [i32]
         bwd.restype = None
         ss2d_fwd = getattr(lib, f"ss2d_fwd_{suffix}")
         ss2d_fwd.argtypes = [ptr] * 6 + [i32, ptr] + [i64] * 6 + [i32]

@@ -36,7 +36,8 @@ def selective_scan_cuda(
     z: Optional[torch.Tensor] = None,
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
-) -> torch.Tensor:
+    return_last_state: bool = False,
+):
     """Selective scan with mamba_ssm's CUDA kernel (same contract as selective_scan_reference)."""
     if not u.is_cuda:
         raise ValueError(f"the 'cuda' selective-scan backend needs CUDA tensors, got u on {u.device}")
@@ -44,4 +45,5 @@ def selective_scan_cuda(
     # mamba_ssm's kernel requires float32 D and delta_bias.
     D = None if D is None else D.float()
     delta_bias = None if delta_bias is None else delta_bias.float()
-    return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                return_last_state=return_last_state)

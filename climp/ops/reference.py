@@ -41,10 +41,12 @@ def selective_scan_reference(
     z: Optional[torch.Tensor] = None,
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
-) -> torch.Tensor:
+    return_last_state: bool = False,
+):
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t;  y_t = C_t . h_t + D u_t, gated by silu(z).
 
-    Computes in float32 (float64 stays float64) and returns u's dtype, as mamba_ssm does.
+    Computes in float32 (float64 stays float64) and returns u's dtype, as mamba_ssm does; with
+    return_last_state also h after the last step, (batch, dim, state) in the compute dtype.
     """
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
@@ -65,4 +67,4 @@ def selective_scan_reference(
         y = y + u_c * D.to(compute)[:, None]
     if z is not None:
         y = y * F.silu(z.to(compute))
-    return y.to(dtype_in)
+    return (y.to(dtype_in), h) if return_last_state else y.to(dtype_in)

@@ -18,6 +18,8 @@ nccl on GPUs). Explicit flags override values from --config."""
 HELP: Dict[str, str] = {
     "model": "model name from climp.list_models() (e.g. climp-tiny, clip-vit-tiny)",
     "grad_checkpointing": "recompute activations in the backward pass to save memory",
+    "compile": "run the training forward and backward through torch.compile (the first steps "
+               "pay the compilation; the selective scan is a custom op inside the compiled graph)",
     "image_pretrained": "start the image tower from a VMamba ImageNet or open_clip checkpoint",
     "text_pretrained": "start the text tower from a Mamba/Mamba-2 language model directory "
                        "(transformers or mamba_ssm layout) or an open_clip checkpoint",
@@ -87,7 +89,7 @@ CHOICES = {"loss": LOSSES, "precision": PRECISIONS, "caption_style": CAPTION_STY
            "device": DEVICES, "data": ("synthetic", "files")}
 
 GROUPS = {
-    "model": ("model", "grad_checkpointing", "image_pretrained", "text_pretrained", "lock_image",
+    "model": ("model", "grad_checkpointing", "compile", "image_pretrained", "text_pretrained", "lock_image",
               "lock_text", "lr_image_mult", "lr_text_mult"),
     "data": ("data", "train_data", "val_data", "csv_img_key", "csv_caption_key", "csv_separator",
              "allow_pipe", "max_caption_tokens", "train_samples", "caption_style", "partial_captions", "hard_negatives", "resolution", "workers"),

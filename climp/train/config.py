@@ -28,6 +28,7 @@ class TrainConfig(FromDict):
     # model
     model: str = "climp-tiny"
     grad_checkpointing: bool = False
+    compile: bool = False
     image_pretrained: Optional[str] = None
     text_pretrained: Optional[str] = None
     lock_image: int = -1

@@ -158,6 +158,8 @@ class Trainer:
         if self.context.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        # What the training steps call; evaluation, EMA and checkpoints use self.model itself.
+        self.train_model: nn.Module = torch.compile(self.ddp_model) if config.compile else self.ddp_model
         self.loss_fn = create_loss(config.loss, local_loss=config.local_loss,
                                    gather_with_grad=config.gather_with_grad,
                                    rank=self.context.rank, world_size=self.context.world_size)
@@ -296,7 +298,7 @@ class Trainer:
             sync = self.ddp_model.no_sync() if self.context.enabled and j < last else contextlib.nullcontext()
             with sync:
                 with self.autocast():
-                    out = self.ddp_model(images, texts)
+                    out = self.train_model(images, texts)
                     image_feats = [f[0] for f in cached]
                     text_feats = [f[1] for f in cached]
                     image_feats[j], text_feats[j] = _features(out)
@@ -315,7 +317,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if len(micro_batches) == 1:
             with self.autocast():
-                out = self.ddp_model(*micro_batches[0])
+                out = self.train_model(*micro_batches[0])
                 loss = self.loss_fn(out["image_features"], out["text_features"],
                                     out["logit_scale"], out.get("logit_bias"))
             self._backward(loss)

@@ -7,7 +7,10 @@
  * Inputs are row-major contiguous: u, delta, z, out (batch, dim, length); A (dim, state);
  * B, C (batch, groups, state, length); D, delta_bias (dim) or NULL.
  * The backward recomputes the states of one block, four states at a time, into per-thread
- * scratch, so no (batch, dim, length, state) tensor is ever stored.
+ * scratch, so no (batch, dim, length, state) tensor is ever stored. The backward is deterministic
+ * (fixed work split and summation order, see parallel.h); the forward writes each output once.
+ * The forward can also write the last state (batch, dim, state), and the backward take its
+ * gradient (both NULL when unused).
  * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers.
  */
 #include <math.h>
@@ -20,12 +23,7 @@
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#else
-static int omp_get_thread_num(void) { return 0; }
-static int omp_get_num_threads(void) { return 1; }
-#endif
+#include "parallel.h"
 
 #define LANES 8
 
@@ -177,6 +175,7 @@ static void *scratch_alloc(size_t bytes) {
 #define EXP_SCALE 1.44269504088896341f
 #define EXP_INRANGE 125.0f
 #define FN(name) name##_f32
+#define SUM_PARTIALS climp_sum_partials_f32
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
 #undef REAL
@@ -190,6 +189,7 @@ static void *scratch_alloc(size_t bytes) {
 #undef EXP_SCALE
 #undef EXP_INRANGE
 #undef FN
+#undef SUM_PARTIALS
 
 #define REAL double
 #define VEC vec_f64
@@ -202,5 +202,6 @@ static void *scratch_alloc(size_t bytes) {
 #define EXP_SCALE 1.0
 #define EXP_INRANGE HUGE_VAL
 #define FN(name) name##_f64
+#define SUM_PARTIALS climp_sum_partials_f64
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"

@@ -25,19 +25,25 @@ static inline FN(block_t) FN(block_of)(int64_t j, int64_t dim, int64_t groups) {
     return blk;
 }
 
-/* The first row (element offset) and channel count of the block a thread probably takes after
- * `item`, for prefetching; count 0 when there is none. Dynamic scheduling hands out `chunk`
- * consecutive items at a time, in order: the next item of the chunk, else the first item of the
- * chunk one team's size further. */
+/* The first row (element offset) and channel count of work item `item` (a batch element's
+ * block); count 0 when item >= end (no such item for this thread). */
+static inline int64_t FN(item_row)(int64_t item, int64_t end, int64_t dim, int64_t len, int64_t groups, int *count) {
+    int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
+    *count = 0;
+    if (item >= end) return 0;
+    FN(block_t) blk = FN(block_of)(item % nblocks, dim, groups);
+    *count = (int)blk.count;
+    return ((item / nblocks) * dim + blk.first) * len;
+}
+
+/* The row and count of the block a thread probably takes after `item` under a dynamic schedule
+ * handing out `chunk` consecutive items at a time, in order (for prefetching): the next item of
+ * the chunk, else the first item of the chunk one team's size further. */
 static inline int64_t FN(next_block_row)(int64_t item, int64_t chunk, int64_t batch, int64_t dim, int64_t len,
                                          int64_t groups, int *count) {
     int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
     int64_t next = (item + 1) % chunk ? item + 1 : item + 1 + (omp_get_num_threads() - 1) * chunk;
-    *count = 0;
-    if (next >= batch * nblocks) return 0;
-    FN(block_t) blk = FN(block_of)(next % nblocks, dim, groups);
-    *count = (int)blk.count;
-    return ((next / nblocks) * dim + blk.first) * len;
+    return FN(item_row)(next, batch * nblocks, dim, len, groups, count);
 }
 
 /* Prefetching rows: the cache line holding step j of each of the block's rows. */
@@ -154,14 +160,14 @@ static inline __attribute__((always_inline)) void FN(fwd_pass)(int G, int inrang
 
 void FN(selective_scan_fwd)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm,
                             const REAL *Cm, const REAL *D, const REAL *z, const REAL *bias,
-                            int softplus, REAL *out, REAL *y_ssm, int64_t batch, int64_t dim,
-                            int64_t len, int64_t nstate, int64_t groups, int nthreads) {
+                            int softplus, REAL *out, REAL *y_ssm, REAL *last_state, int64_t batch,
+                            int64_t dim, int64_t len, int64_t nstate, int64_t groups, int nthreads) {
     size_t full_bytes = (size_t)(batch * dim * len) * sizeof(REAL);
     advise_huge_pages(out, full_bytes);
     advise_huge_pages(y_ssm, full_bytes);
     if (nstate == 1) {
-        FN(selective_scan_fwd_state1)(u, delta, A, Bm, Cm, D, z, bias, softplus, out, batch, dim, len,
-                                      groups, nthreads);
+        FN(selective_scan_fwd_state1)(u, delta, A, Bm, Cm, D, z, bias, softplus, out, last_state, batch, dim,
+                                      len, groups, nthreads);
         return;
     }
     int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
@@ -239,6 +245,9 @@ void FN(selective_scan_fwd)(const REAL *u, const REAL *delta, const REAL *A, con
                     FN(put_tile)(out + at, len, rows, cols, y);
                 }
             }
+            if (last_state)
+                for (int k = 0; k < rows; ++k)
+                    for (int64_t n = 0; n < nstate; ++n) last_state[(b * dim + blk.first + k) * nstate + n] = h[n][k];
         }
         free(dtT);
     }
@@ -267,13 +276,13 @@ typedef struct {
     unsigned char *inrange;
 } FN(bwd_scratch_t);
 
-/* One block in the backward: its rows (element 0 of its first row), constants and the lane
- * sums over steps of dD and dbias; the next_rows rows of the block this thread probably takes
- * next (see next_block_row) start next_shift elements further: prefetched at this one's end. */
+/* One block in the backward: its rows (element 0 of its first row), the last state's gradient,
+ * constants and the lane sums over steps of dD and dbias; the next_rows rows of the block this thread probably takes
+ * next (see item_row) start next_shift elements further: prefetched at this one's end. */
 typedef struct {
-    const REAL *u, *delta, *dout, *z, *y_ssm;
+    const REAL *u, *delta, *dout, *z, *y_ssm, *dlast; /* dlast: (channel, state) rows, or NULL */
     REAL *du, *ddelta, *dz;
-    int64_t len, next_shift;
+    int64_t len, next_shift, nstate;
     int rows, softplus, next_rows;
     const FN(consts_t) *c;
     VEC dD, dbias;
@@ -410,14 +419,18 @@ static inline __attribute__((always_inline)) void FN(bwd_recompute)(int G, int f
  * S2[t] = sum_n g e_t h_{t-1} A (dt's and u's gradients need only these), to dA, and to the dB
  * and dC rows the channel sums of g dt u and of dy h = dy w + dy dt u B, the latter as
  * sum(dy w) + B dyu (lane sums of 8 vectors at once, transposed per tile into rows). The last
- * pass of a block also writes du, ddelta tile by tile. */
+ * pass of a block also writes du, ddelta tile by tile. The adjoint starts from the last state's
+ * gradient (states n .. n+G-1). */
 static inline __attribute__((always_inline)) void FN(bwd_reverse)(int G, int last, FN(bwd_block_t) *blk,
                                                                  const FN(bwd_scratch_t) *s, const REAL *Bg,
                                                                  const REAL *Cg, const VEC *a, REAL *dBg,
-                                                                 REAL *dCg, VEC *dA) {
+                                                                 REAL *dCg, VEC *dA, int64_t n) {
     int64_t len = blk->len;
     VEC carry[STATES_PER_PASS], dAk[STATES_PER_PASS];
-    for (int k = 0; k < G; ++k) carry[k] = dAk[k] = (VEC){0};
+    for (int k = 0; k < G; ++k) {
+        carry[k] = dAk[k] = (VEC){0};
+        for (int i = 0; blk->dlast && i < blk->rows; ++i) carry[k][i] = blk->dlast[i * blk->nstate + n + k];
+    }
     for (int64_t j = (len - 1) / LANES * LANES; j >= 0; j -= LANES) {
         int cols = len - j < LANES ? (int)(len - j) : LANES;
         VEC sums[LANES];
@@ -465,24 +478,26 @@ static inline __attribute__((always_inline)) void FN(bwd_reverse)(int G, int las
 static inline __attribute__((always_inline)) void FN(bwd_states)(int G, int first, int last, FN(bwd_block_t) *blk,
                                                                 const FN(bwd_scratch_t) *s, const REAL *Bg,
                                                                 const REAL *Cg, const VEC *a, const VEC *a_scaled,
-                                                                REAL *dBg, REAL *dCg, VEC *dA) {
+                                                                REAL *dBg, REAL *dCg, VEC *dA, int64_t n) {
     if (first)
         FN(bwd_recompute)(G, 1, blk, s, Bg, a_scaled);
     else
         FN(bwd_recompute)(G, 0, blk, s, Bg, a_scaled);
     if (last)
-        FN(bwd_reverse)(G, 1, blk, s, Bg, Cg, a, dBg, dCg, dA);
+        FN(bwd_reverse)(G, 1, blk, s, Bg, Cg, a, dBg, dCg, dA, n);
     else
-        FN(bwd_reverse)(G, 0, blk, s, Bg, Cg, a, dBg, dCg, dA);
+        FN(bwd_reverse)(G, 0, blk, s, Bg, Cg, a, dBg, dCg, dA, n);
 }
 
-/* The backward's work items for any d_state: (batch, channel block) pairs; called inside the
- * backward's parallel region with that thread's accumulators (see selective_scan_bwd). */
+/* The backward's work items [first, end) for any d_state, in order: (batch, channel block)
+ * pairs; called inside the backward's parallel region with that thread's range and
+ * accumulators (see selective_scan_bwd). */
 static void FN(scan_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm, const REAL *Cm,
                                const REAL *D, const REAL *z, const REAL *bias, int softplus, const REAL *y_ssm,
-                               const REAL *dout, REAL *du, REAL *ddelta, REAL *dz, int64_t batch, int64_t dim,
-                               int64_t len, int64_t nstate, int64_t groups, REAL *dB_acc, REAL *dC_acc,
-                               REAL *dA_acc, REAL *dD_acc, REAL *dbias_acc) {
+                               const REAL *dout, const REAL *dlast, REAL *du, REAL *ddelta, REAL *dz,
+                               int64_t first, int64_t end, int64_t dim, int64_t len, int64_t nstate,
+                               int64_t groups, REAL *dB_acc, REAL *dC_acc, REAL *dA_acc, REAL *dD_acc,
+                               REAL *dbias_acc) {
     int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
     int64_t padded = (len + LANES - 1) / LANES * LANES;
     FN(bwd_scratch_t) s;
@@ -496,26 +511,26 @@ static void FN(scan_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, 
     c.a_scaled = c.a + nstate;
     s.dyu = (REAL *)(c.a_scaled + nstate);
     s.inrange = (unsigned char *)(s.dyu + padded);
-#pragma omp for schedule(dynamic)
-    for (int64_t item = 0; item < batch * nblocks; ++item) {
+    for (int64_t item = first; item < end; ++item) {
         int64_t b = item / nblocks;
         FN(block_t) blk = FN(block_of)(item % nblocks, dim, groups);
         int64_t row = (b * dim + blk.first) * len, bc = (b * groups + blk.group) * nstate * len;
         FN(consts_of)(A, D, bias, nstate, blk, &c);
         int next_rows;
-        int64_t next_shift = FN(next_block_row)(item, 1, batch, dim, len, groups, &next_rows) - row;
+        int64_t next_shift = FN(item_row)(item + 1, end, dim, len, groups, &next_rows) - row;
         FN(bwd_block_t) bb = {u + row, delta + row, dout + row, z ? z + row : NULL, z ? y_ssm + row : NULL,
-                              du + row, ddelta + row, z ? dz + row : NULL, len, next_shift, (int)blk.count,
+                              dlast ? dlast + (b * dim + blk.first) * nstate : NULL,
+                              du + row, ddelta + row, z ? dz + row : NULL, len, next_shift, nstate, (int)blk.count,
                               softplus, next_rows, &c, {0}, {0}};
         for (int64_t n = 0; n < nstate;) {
-            int G = nstate - n >= STATES_PER_PASS ? STATES_PER_PASS : 1, first = n == 0, last = n + G == nstate;
+            int G = nstate - n >= STATES_PER_PASS ? STATES_PER_PASS : 1, first_pass = n == 0, last_pass = n + G == nstate;
             const REAL *Bg = Bm + bc + n * len, *Cg = Cm + bc + n * len;
             REAL *dBg = dB_acc + bc + n * len, *dCg = dC_acc + bc + n * len;
             VEC dA[STATES_PER_PASS];
             if (G == STATES_PER_PASS)
-                FN(bwd_states)(STATES_PER_PASS, first, last, &bb, &s, Bg, Cg, c.a + n, c.a_scaled + n, dBg, dCg, dA);
+                FN(bwd_states)(STATES_PER_PASS, first_pass, last_pass, &bb, &s, Bg, Cg, c.a + n, c.a_scaled + n, dBg, dCg, dA, n);
             else
-                FN(bwd_states)(1, first, last, &bb, &s, Bg, Cg, c.a + n, c.a_scaled + n, dBg, dCg, dA);
+                FN(bwd_states)(1, first_pass, last_pass, &bb, &s, Bg, Cg, c.a + n, c.a_scaled + n, dBg, dCg, dA, n);
             for (int k = 0; k < G; ++k)
                 for (int i = 0; i < bb.rows; ++i) dA_acc[(blk.first + i) * nstate + n + k] += dA[k][i];
             n += G;
@@ -528,58 +543,50 @@ static void FN(scan_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, 
     free(s.dt);
 }
 
+/* Deterministic: every thread takes a fixed contiguous range of work items (climp_thread_range)
+ * and sums dA, dD, dbias, dB, dC into its own partials, added in thread order at the end
+ * (parallel.h); same inputs and thread count give the same bits. */
 void FN(selective_scan_bwd)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm,
                             const REAL *Cm, const REAL *D, const REAL *z, const REAL *bias,
-                            int softplus, const REAL *y_ssm, const REAL *dout, REAL *du,
-                            REAL *ddelta, REAL *dA, REAL *dB, REAL *dC, REAL *dD, REAL *dz,
+                            int softplus, const REAL *y_ssm, const REAL *dout, const REAL *dlast,
+                            REAL *du, REAL *ddelta, REAL *dA, REAL *dB, REAL *dC, REAL *dD, REAL *dz,
                             REAL *dbias, int64_t batch, int64_t dim, int64_t len, int64_t nstate,
                             int64_t groups, int nthreads) {
     int64_t bc_size = batch * groups * nstate * len; /* elements of dB (and of dC) */
+    int64_t nitems = batch * groups * ((dim / groups + LANES - 1) / LANES);
     size_t full_bytes = (size_t)(batch * dim * len) * sizeof(REAL);
     advise_huge_pages(du, full_bytes);
     advise_huge_pages(ddelta, full_bytes);
     advise_huge_pages(dz, full_bytes);
     if (nthreads < 1) nthreads = 1;
-    /* Every thread sums dA, dD, dbias into its own row of `sums`; thread 0 accumulates dB, dC in
-     * place, the others into their own pair of `partials`, added at the end. */
-    size_t sums_size = dim * nstate + 2 * dim;
-    REAL *sums = scratch_alloc((nthreads * sums_size + (nthreads - 1) * 2 * bc_size) * sizeof(REAL));
+    /* Per thread: a row of `sums` (dA, dD, dbias) and a dB, dC pair of `partials`. */
+    int64_t sums_size = dim * nstate + 2 * dim;
+    size_t total = (size_t)nthreads * (sums_size + 2 * bc_size);
+    REAL *sums = scratch_alloc(total * sizeof(REAL));
     REAL *partials = sums + nthreads * sums_size;
-    memset(sums, 0, (nthreads * sums_size + (nthreads - 1) * 2 * bc_size) * sizeof(REAL));
-    memset(dB, 0, bc_size * sizeof(REAL));
-    memset(dC, 0, bc_size * sizeof(REAL));
+    memset(sums, 0, total * sizeof(REAL));
 #pragma omp parallel num_threads(nthreads)
     {
-        int tid = omp_get_thread_num();
-        REAL *dB_acc = tid ? partials + (tid - 1) * 2 * bc_size : dB, *dC_acc = tid ? dB_acc + bc_size : dC;
+        int tid = omp_get_thread_num(), team = omp_get_num_threads();
+        REAL *dB_acc = partials + tid * 2 * bc_size, *dC_acc = dB_acc + bc_size;
         REAL *dA_acc = sums + tid * sums_size, *dD_acc = dA_acc + dim * nstate, *dbias_acc = dD_acc + dim;
+        int64_t first, end;
+        climp_thread_range(nitems, &first, &end);
         if (nstate == 1)
-            FN(s1_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, dout, du, ddelta, dz, batch, dim,
-                             len, groups, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc);
+            FN(s1_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, dout, dlast, du, ddelta, dz, first, end,
+                             dim, len, groups, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc);
         else
-            FN(scan_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, y_ssm, dout, du, ddelta, dz, batch,
-                               dim, len, nstate, groups, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc);
-        /* The work-items loop's implicit barrier has every thread's partials complete. */
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < bc_size; ++i)
-            for (int th = 1; th < nthreads; ++th) {
-                dB[i] += partials[(th - 1) * 2 * bc_size + i];
-                dC[i] += partials[(th - 1) * 2 * bc_size + bc_size + i];
-            }
-    }
-    for (int64_t i = 0; i < dim * nstate; ++i) {
-        REAL s = 0;
-        for (int th = 0; th < nthreads; ++th) s += sums[th * sums_size + i];
-        dA[i] = s;
-    }
-    for (int64_t c = 0; c < dim; ++c) {
-        REAL sd = 0, sb = 0;
-        for (int th = 0; th < nthreads; ++th) {
-            sd += sums[th * sums_size + dim * nstate + c];
-            sb += sums[th * sums_size + dim * nstate + dim + c];
-        }
-        if (dD) dD[c] = sd;
-        if (dbias) dbias[c] = sb;
+            FN(scan_bwd_items)(u, delta, A, Bm, Cm, D, z, bias, softplus, y_ssm, dout, dlast, du, ddelta, dz,
+                               first, end, dim, len, nstate, groups, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc);
+#pragma omp barrier
+        climp_thread_range(bc_size, &first, &end);
+        SUM_PARTIALS(dB, partials, team, 2 * bc_size, first, end, 0);
+        SUM_PARTIALS(dC, partials + bc_size, team, 2 * bc_size, first, end, 0);
+        climp_thread_range(dim * nstate, &first, &end);
+        SUM_PARTIALS(dA, sums, team, sums_size, first, end, 0);
+        climp_thread_range(dim, &first, &end);
+        if (dD) SUM_PARTIALS(dD, sums + dim * nstate, team, sums_size, first, end, 0);
+        if (dbias) SUM_PARTIALS(dbias, sums + dim * nstate + dim, team, sums_size, first, end, 0);
     }
     free(sums);
 }

@@ -79,10 +79,11 @@ static void FN(chan_of)(const REAL *A, const REAL *D, const REAL *bias, FN(block
     }
 }
 
-/* Forward of one full tile. in: u, delta, z rows; Bt, Ct: 8 steps. h: state carried across tiles. */
+/* Forward of one tile. in: u, delta, z rows; Bt, Ct: 8 steps. h: state carried across tiles,
+ * left at the tile's step steps - 1 (its last real step; padded steps follow it). */
 static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u, const REAL *delta, const REAL *z, int64_t stride,
                                    const REAL *Bt, const REAL *Ct, const FN(chan_t) *c, int softplus,
-                                   VEC *h, REAL *out, int64_t out_stride) {
+                                   VEC *h, REAL *out, int64_t out_stride, int steps) {
     VEC e[LANES], x[LANES];
     VEC Bv = FN(load)(Bt), Cv = FN(load)(Ct);
     for (int k = 0; k < LANES; ++k) {
@@ -95,7 +96,7 @@ static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u,
     FN(transpose8)(x);
     VEC hh = *h;
     for (int j = 0; j < LANES; ++j) x[j] = hh = e[j] * hh + x[j];
-    *h = hh;
+    *h = x[steps - 1];
     FN(transpose8)(x);
     for (int k = 0; k < LANES; ++k) {
         VEC y = x[k] * Cv + c->D[k] * FN(load)(u + k * stride);
@@ -113,7 +114,7 @@ static inline __attribute__((always_inline)) void FN(s1_fwd_tile)(const REAL *u,
 
 static void FN(s1_fwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *Bm,
                              const REAL *Cm, const FN(chan_t) *c, int softplus, int count, int64_t len,
-                             REAL *out, int64_t next_shift, int next_rows) {
+                             REAL *out, REAL *last, int64_t next_shift, int next_rows) {
     VEC h = {0};
     int64_t t0 = 0;
     if (count == LANES)
@@ -133,10 +134,10 @@ static void FN(s1_fwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
             }
             if (softplus)
                 FN(s1_fwd_tile)(u + t0, delta + t0, z ? z + t0 : NULL, len, Bm + t0, Cm + t0, c, 1, &h, out + t0,
-                                len);
+                                len, LANES);
             else
                 FN(s1_fwd_tile)(u + t0, delta + t0, z ? z + t0 : NULL, len, Bm + t0, Cm + t0, c, 0, &h, out + t0,
-                                len);
+                                len, LANES);
         }
     for (; t0 < len; t0 += LANES) { /* edge tiles */
         int cols = len - t0 < LANES ? (int)(len - t0) : LANES;
@@ -147,14 +148,15 @@ static void FN(s1_fwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
         FN(pad_tile)(z ? z + t0 : NULL, len, count, cols, tz);
         FN(pad_tile)(Bm + t0, len, 1, cols, tb);
         FN(pad_tile)(Cm + t0, len, 1, cols, tc);
-        FN(s1_fwd_tile)(tu, td, z ? tz : NULL, LANES, tb, tc, c, softplus, &h, to, LANES);
+        FN(s1_fwd_tile)(tu, td, z ? tz : NULL, LANES, tb, tc, c, softplus, &h, to, LANES, cols);
         FN(unpad_tile)(out + t0, len, count, cols, to);
     }
+    for (int k = 0; last && k < count; ++k) last[k] = h[k];
 }
 
 void FN(selective_scan_fwd_state1)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm,
                                    const REAL *Cm, const REAL *D, const REAL *z, const REAL *bias,
-                                   int softplus, REAL *out, int64_t batch, int64_t dim,
+                                   int softplus, REAL *out, REAL *last_state, int64_t batch, int64_t dim,
                                    int64_t len, int64_t groups, int nthreads) {
     int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
     int64_t chunk = 1 + 2048 / (LANES * len); /* items per scheduling grab: ~2k elements or more */
@@ -168,7 +170,8 @@ void FN(selective_scan_fwd_state1)(const REAL *u, const REAL *delta, const REAL 
         int next_rows;
         int64_t next_row = FN(next_block_row)(item, chunk, batch, dim, len, groups, &next_rows);
         FN(s1_fwd_block)(u + row, delta + row, z ? z + row : NULL, Bm + bc, Cm + bc, &c, softplus,
-                         (int)blk.count, len, out + row, next_row - row, next_rows);
+                         (int)blk.count, len, out + row, last_state ? last_state + b * dim + blk.first : NULL,
+                         next_row - row, next_rows);
     }
 }
 
@@ -217,13 +220,14 @@ typedef struct {
 } FN(s1_sums_t);
 
 /* Reverse step over one full tile: dout, z rows in, du, ddelta, dz rows out; dBt, dCt
- * get the tile's 8 channel sums; g: the adjoint carried to the previous tile. */
+ * get the tile's 8 channel sums; carry: the adjoint carried to the previous tile; inject (the
+ * last state's gradient) is added to the adjoint at step inject_at (-1: none). */
 static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, const REAL *z,
                                            int64_t stride, const REAL *Bt, const REAL *Ct,
                                            const FN(chan_t) *c, int softplus, VEC *carry,
                                            const FN(s1_scratch_t) *s, int64_t t0, FN(s1_sums_t) *sums,
                                            REAL *du, REAL *ddelta, REAL *dz, int64_t out_stride,
-                                           VEC *dBt, VEC *dCt) {
+                                           VEC *dBt, VEC *dCt, VEC inject, int inject_at) {
     VEC dy[LANES], g[LANES];
     VEC Bv = FN(load)(Bt), Cv = FN(load)(Ct);
     int64_t P = s->padded;
@@ -242,6 +246,7 @@ static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, cons
     VEC cc = *carry;
     for (int j = LANES - 1; j >= 0; --j) {
         g[j] += cc;
+        if (j == inject_at) g[j] += inject;
         cc = s->eT[t0 + j] * g[j];
     }
     *carry = cc;
@@ -265,7 +270,8 @@ static inline void FN(s1_bwd_reverse_tile)(const REAL *u, const REAL *dout, cons
     *dCt = dC;
 }
 
-static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *dout, const REAL *Bm, const REAL *Cm, const FN(chan_t) *c,
+static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, const REAL *dout,
+                             const REAL *dlast, const REAL *Bm, const REAL *Cm, const FN(chan_t) *c,
                              int softplus, int count, int64_t len, FN(s1_scratch_t) *s, REAL *du,
                              REAL *ddelta, REAL *dz, REAL *dB_acc, REAL *dC_acc, FN(s1_sums_t) *sums,
                              int64_t next_shift, int next_rows) {
@@ -299,8 +305,11 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
             FN(s1_bwd_forward_tile)(tu, td, LANES, tb, c, softplus, &h, s, t0);
         }
     }
-    VEC carry = {0}, dBt, dCt;
+    VEC carry = {0}, dBt, dCt, dh_last = {0};
+    for (int k = 0; dlast && k < count; ++k) dh_last[k] = dlast[k];
+    int last_at = (int)((len - 1) % LANES); /* the last real step in the last tile */
     for (int64_t t0 = s->padded - LANES; t0 >= 0; t0 -= LANES) {
+        int inject_at = dlast && t0 == s->padded - LANES ? last_at : -1;
         int64_t behind = t0 - S1_AHEAD; /* this block's step, else the next block's step -LANES - behind */
         if (behind >= 0 && behind % LINE_STEPS < LANES) {
             FN(prefetch_rows)(dout + behind, len, count, 0);
@@ -316,7 +325,7 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
         if (t0 < full) {
             FN(s1_bwd_reverse_tile)(u + t0, dout + t0, z ? z + t0 : NULL, len,
                                     Bm + t0, Cm + t0, c, softplus, &carry, s, t0, sums, du + t0,
-                                    ddelta + t0, z ? dz + t0 : NULL, len, &dBt, &dCt);
+                                    ddelta + t0, z ? dz + t0 : NULL, len, &dBt, &dCt, dh_last, inject_at);
             FN(store)(dB_acc + t0, FN(load)(dB_acc + t0) + dBt);
             FN(store)(dC_acc + t0, FN(load)(dC_acc + t0) + dCt);
             continue;
@@ -330,7 +339,7 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
         FN(pad_tile)(Bm + t0, len, 1, cols, tb);
         FN(pad_tile)(Cm + t0, len, 1, cols, tc);
         FN(s1_bwd_reverse_tile)(tu, tg, z ? tz : NULL, LANES, tb, tc, c, softplus, &carry, s, t0, sums,
-                                odu, odd, odz, LANES, &dBt, &dCt);
+                                odu, odd, odz, LANES, &dBt, &dCt, dh_last, inject_at);
         FN(unpad_tile)(du + t0, len, count, cols, odu);
         FN(unpad_tile)(ddelta + t0, len, count, cols, odd);
         FN(unpad_tile)(z ? dz + t0 : NULL, len, count, cols, odz);
@@ -341,15 +350,15 @@ static void FN(s1_bwd_block)(const REAL *u, const REAL *delta, const REAL *z, co
     }
 }
 
-/* The backward's work items for d_state = 1; called inside the backward's parallel region, with
- * that thread's accumulators for dB, dC (batch, groups, 1, length) and dA, dD, dbias (dim). */
+/* The backward's work items [first, end) for d_state = 1, in order; called inside the
+ * backward's parallel region, with that thread's range and accumulators for dB, dC (batch,
+ * groups, 1, length) and dA, dD, dbias (dim). */
 static void FN(s1_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, const REAL *Bm, const REAL *Cm,
                              const REAL *D, const REAL *z, const REAL *bias, int softplus,
-                             const REAL *dout, REAL *du, REAL *ddelta, REAL *dz, int64_t batch, int64_t dim,
-                             int64_t len, int64_t groups, REAL *dB_acc, REAL *dC_acc, REAL *dA_acc,
-                             REAL *dD_acc, REAL *dbias_acc) {
+                             const REAL *dout, const REAL *dlast, REAL *du, REAL *ddelta, REAL *dz, int64_t first,
+                             int64_t end, int64_t dim, int64_t len, int64_t groups, REAL *dB_acc, REAL *dC_acc,
+                             REAL *dA_acc, REAL *dD_acc, REAL *dbias_acc) {
     int64_t nblocks = groups * ((dim / groups + LANES - 1) / LANES);
-    int64_t chunk = 1 + 2048 / (LANES * len);
     FN(s1_scratch_t) s;
     s.padded = (len + LANES - 1) / LANES * LANES;
     REAL *mem = scratch_alloc(3 * LANES * s.padded * sizeof(REAL) + s.padded * sizeof(VEC));
@@ -357,8 +366,7 @@ static void FN(s1_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, co
     s.dt = mem + s.padded * LANES;
     s.sig = s.dt + LANES * s.padded;
     s.h = s.sig + LANES * s.padded;
-#pragma omp for schedule(dynamic, chunk)
-    for (int64_t item = 0; item < batch * nblocks; ++item) {
+    for (int64_t item = first; item < end; ++item) {
         int64_t b = item / nblocks;
         FN(block_t) blk = FN(block_of)(item % nblocks, dim, groups);
         int64_t row = (b * dim + blk.first) * len, bc = (b * groups + blk.group) * len;
@@ -367,9 +375,9 @@ static void FN(s1_bwd_items)(const REAL *u, const REAL *delta, const REAL *A, co
         FN(s1_sums_t) sums;
         memset(&sums, 0, sizeof sums);
         int next_rows;
-        int64_t next_row = FN(next_block_row)(item, chunk, batch, dim, len, groups, &next_rows);
+        int64_t next_row = FN(item_row)(item + 1, end, dim, len, groups, &next_rows);
         FN(s1_bwd_block)(u + row, delta + row, z ? z + row : NULL, dout + row,
-                         Bm + bc, Cm + bc, &c, softplus, (int)blk.count, len, &s, du + row, ddelta + row,
+                         dlast ? dlast + b * dim + blk.first : NULL, Bm + bc, Cm + bc, &c, softplus, (int)blk.count, len, &s, du + row, ddelta + row,
                          z ? dz + row : NULL, dB_acc + bc, dC_acc + bc, &sums, next_row - row, next_rows);
         for (int k = 0; k < blk.count; ++k) {
             dA_acc[blk.first + k] += FN(lane_sum)(sums.dA[k]);

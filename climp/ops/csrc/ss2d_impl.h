@@ -299,7 +299,7 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.sums = s.dA + nstate;
         REAL *psum = psums + tid * psize;
         VEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + LANES) * sizeof(VEC)) : NULL;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static) /* fixed item-to-thread map: deterministic partial sums (parallel.h) */
         for (int64_t item = 0; item < items; ++item) {
             int64_t b = per_batch ? item : item / nblocks;
             int64_t j0 = per_batch ? 0 : item % nblocks, j1 = per_batch ? nblocks : j0 + 1;

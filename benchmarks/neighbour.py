@@ -1,0 +1,100 @@
+"""Training-step time alone vs beside one busy neighbour process, for climp-tiny and clip-vit-tiny.
+
+A "busy neighbour" is a second Python process spinning on the CPU (what another job on a shared
+machine does). One step is forward + CLIP loss + backward of a synthetic batch. Rounds alternate
+alone / with neighbour, each model a few steps per round; the table reports each model's median
+step time in both states and their ratio, all measured in this one run. The OpenMP wait policy
+in effect is printed: climp's default is PASSIVE (idle threads sleep);
+`OMP_WAIT_POLICY=ACTIVE python benchmarks/neighbour.py` measures spinning threads instead.
+
+  python benchmarks/neighbour.py                 # batch 64, 64 px, 3 rounds of 3 steps
+  python benchmarks/neighbour.py --batch 16 --rounds 2 --steps 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from statistics import median
+from typing import Callable, Dict, List
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import climp  # noqa: E402 - before torch: climp sets the OpenMP wait policy before torch loads it
+import torch  # noqa: E402
+
+MODELS = ("climp-tiny", "clip-vit-tiny")
+SPIN = "while True:\n    pass\n"
+
+
+def make_step(name: str, batch: int, size: int) -> Callable[[], None]:
+    """One forward + CLIP loss + backward of `name` on a fixed random batch."""
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    model = climp.create_model(name, vision_cfg={"image_size": size})
+    model.train()
+    images = torch.randn(batch, 3, size, size)
+    texts = torch.randint(1, 49406, (batch, 16))
+    texts[:, 0], texts[:, -1] = 49406, 49407
+    loss_fn = ClipLoss()
+
+    def step() -> None:
+        out = model(images, texts)
+        loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step: Callable[[], None], steps: int) -> List[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round and state")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps = {name: make_step(name, args.batch, args.size) for name in MODELS}
+    for step in steps.values():  # warm-up: kernel build, allocator, first-call costs
+        step()
+    times: Dict[str, Dict[str, List[float]]] = {m: {"alone": [], "neighbour": []} for m in MODELS}
+    for _ in range(args.rounds):
+        for state in ("alone", "neighbour"):
+            neighbour = subprocess.Popen([sys.executable, "-c", SPIN]) if state == "neighbour" else None
+            try:
+                if neighbour:
+                    time.sleep(0.5)
+                for name, step in steps.items():
+                    times[name][state] += timed(step, args.steps)
+            finally:
+                if neighbour:
+                    neighbour.kill()
+                    neighbour.wait()
+    print(f"| model | step alone (s) | step with one busy neighbour (s) | ratio |\n|---|---|---|---|")
+    for name in MODELS:
+        alone, busy = median(times[name]["alone"]), median(times[name]["neighbour"])
+        print(f"| {name} | {alone:.3f} | {busy:.3f} | {busy / alone:.2f}x |")
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
+    print(f"\nbatch {args.batch}, {args.size} px, torch threads {args.threads}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"{os.cpu_count()} CPUs, medians of {args.rounds} x {args.steps} steps per state\ncommand: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
