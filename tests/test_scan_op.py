@@ -199,18 +199,25 @@ def test_reference_is_not_routed_through_the_op():
 
 
 def test_kernel_shares_torchs_openmp_runtime():
-    """One OpenMP runtime in the process: the kernel's parallel regions run in PyTorch's team."""
+    """One OpenMP runtime in a process that imports torch and loads the kernel: the kernel's
+    parallel regions run in PyTorch's team. (A fresh process: other tests import libraries,
+    such as scikit-learn, that bring OpenMP runtimes of their own.)"""
+    import json
+    import subprocess
     import sys
-    from pathlib import Path
 
-    from climp.ops.cpu_build import load_cpu_kernel, torch_openmp_library
+    from climp.ops.cpu_build import torch_openmp_library
 
     if not sys.platform.startswith("linux") or torch_openmp_library() is None:
         pytest.skip("needs Linux and a PyTorch built with libgomp")
-    load_cpu_kernel()
-    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-              if "libgomp" in line.split()[-1]}
-    assert len(mapped) == 1, f"more than one OpenMP runtime loaded: {sorted(mapped)}"
+    code = ("import json\nfrom pathlib import Path\n"
+            "from climp.ops.cpu_build import load_cpu_kernel\n"
+            "load_cpu_kernel()\n"
+            "maps = Path('/proc/self/maps').read_text().splitlines()\n"
+            "print(json.dumps(sorted({l.split()[-1] for l in maps if 'libgomp' in l.split()[-1]})))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    mapped = json.loads(result.stdout)
+    assert len(mapped) == 1, f"more than one OpenMP runtime loaded: {mapped}"
 
 
 def test_import_climp_makes_idle_openmp_threads_sleep_unless_told_otherwise():
