@@ -4,8 +4,11 @@ into argparse flags, read from YAML/JSON recipes, and merged as defaults < recip
 A field's metadata (see `setting`) holds its help text and help group, and optionally its flag
 spelling, old spellings kept as aliases, a metavar, choices, how a list is given on the command
 line ("comma": `--x a,b`, "append": `--x a --x b`, "nargs": `--x a b`) and whether a value is
-required after the merge. Types come from the type hints: Optional, bool (`--x/--no-x`), int,
-float, str, Path, Literal (choices) and List/Tuple of those.
+required after the merge, or a `parse` function (text -> value) replacing the one the type gives.
+Types come from the type hints: Optional, bool (`--x/--no-x`), int, float, str, Path, Literal
+(choices) and List/Tuple of those. A field whose type is itself a settings dataclass contributes
+its fields as flags and recipe keys of their own (flat: field names must not clash), so job
+settings compose library settings.
 """
 from __future__ import annotations
 
@@ -24,13 +27,13 @@ LIST_STYLES = ("comma", "append", "nargs")
 def setting(default: Any = dataclasses.MISSING, *, help: str, group: str = "options",
             flag: Optional[str] = None, aliases: Sequence[str] = (), metavar: Optional[str] = None,
             choices: Optional[Sequence[Any]] = None, list_style: str = "comma", required: bool = False,
-            default_factory: Any = dataclasses.MISSING) -> Any:
+            parse: Optional[Callable[[str], Any]] = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its command-line description in metadata."""
     if list_style not in LIST_STYLES:
         raise ValueError(f"list_style must be one of {LIST_STYLES}, got {list_style!r}")
     metadata = {"help": help, "group": group, "flag": flag, "aliases": tuple(aliases), "metavar": metavar,
                 "choices": None if choices is None else tuple(choices), "list_style": list_style,
-                "required": required}
+                "required": required, "parse": parse}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -98,6 +101,23 @@ def settings_fields(cls: type) -> List[Tuple[dataclasses.Field, Any]]:
     return out
 
 
+def leaf_fields(cls: type) -> List[Tuple[dataclasses.Field, Any]]:
+    """The fields of `cls` and of the settings dataclasses nested in it, flattened; ValueError when
+    two share a name."""
+    out: List[Tuple[dataclasses.Field, Any]] = []
+    for spec, hint in settings_fields(cls):
+        out += leaf_fields(hint) if _is_settings(hint) else [(spec, hint)]
+    names = [spec.name for spec, _ in out]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise TypeError(f"{cls.__name__}: nested settings share the field names {clashes}")
+    return out
+
+
+def _is_settings(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, recipe: bool = True) -> None:
     """One flag per field of `cls`, grouped by the fields' help groups. Flags left unset stay out
     of the namespace (default SUPPRESS), so `resolve` can tell explicit values from defaults."""
@@ -105,7 +125,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, recipe: b
         parser.add_argument("--config", dest="config", default=argparse.SUPPRESS, metavar="RECIPE",
                             help="YAML or JSON recipe with any of the options below (explicit flags win)")
     groups: Dict[str, argparse._ArgumentGroup] = {}
-    for spec, hint in settings_fields(cls):
+    for spec, hint in leaf_fields(cls):
         meta = spec.metadata
         title = meta.get("group", "options")
         group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
@@ -123,7 +143,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, recipe: b
             continue
         item, is_list = _item_type(base)
         convert, choices = _scalar_parser(item, meta.get("choices"))
-        if is_list and meta.get("list_style", "comma") == "comma":
+        if meta.get("parse") is not None:
+            kwargs.update(type=meta["parse"], metavar=meta.get("metavar") or ("A,B,..." if is_list else None))
+        elif is_list and meta.get("list_style", "comma") == "comma":
             kwargs.update(type=_comma_list(convert, choices), metavar=meta.get("metavar") or "A,B,...")
         else:
             kwargs.update(type=convert, choices=choices)
@@ -135,8 +157,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, recipe: b
 
 
 def explicit_values(args: argparse.Namespace, cls: type) -> Dict[str, Any]:
-    """The fields of `cls` given explicitly on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The fields of `cls` (nested ones included, flat) given explicitly on the command line."""
+    names = {f.name for f, _ in leaf_fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
@@ -164,17 +186,24 @@ def recipe_values(cls: type, recipe: Mapping[str, Any], source: str = "recipe") 
     field types (a comma-separated string for a list, a string for a Path); unknown keys are errors
     naming them."""
     names: Dict[str, Tuple[dataclasses.Field, Any]] = {}
-    for spec, hint in settings_fields(cls):
+    for spec, hint in leaf_fields(cls):
         for spelling in [spec.name] + [f.lstrip("-").replace("-", "_") for f in flags_of(spec)]:
             names.setdefault(spelling, (spec, hint))
     unknown = sorted(k for k in recipe if k not in names)
     if unknown:
         raise ValueError(f"unknown keys {unknown} in {source} for {cls.__name__}; known keys: "
-                         f"{sorted(f.name for f in dataclasses.fields(cls))}")
+                         f"{sorted(f.name for f, _ in leaf_fields(cls))}")
     out: Dict[str, Any] = {}
     for key, value in recipe.items():
         spec, hint = names[key]
-        out[spec.name] = _coerce(value, _strip_optional(hint))
+        parse = spec.metadata.get("parse")
+        if parse is not None and isinstance(value, str):
+            try:
+                out[spec.name] = parse(value)
+            except argparse.ArgumentTypeError as err:
+                raise ValueError(f"{source}: {key}: {err}") from None
+        else:
+            out[spec.name] = _coerce(value, _strip_optional(hint))
     return out
 
 
@@ -195,7 +224,9 @@ def check_required(settings: Any) -> None:
     """ValueError naming the first required field still unset."""
     for spec in dataclasses.fields(settings):
         value = getattr(settings, spec.name)
-        if spec.metadata.get("required") and (value is None or value == []):
+        if dataclasses.is_dataclass(value):
+            check_required(value)
+        elif spec.metadata.get("required") and (value is None or value == []):
             raise ValueError(f"{flags_of(spec)[0]} is required (on the command line or in --config)")
 
 
@@ -204,10 +235,25 @@ def resolve(cls: Type[T], explicit: Mapping[str, Any], recipe_path: Optional[Uni
     has one), with required fields checked."""
     merged = recipe_values(cls, load_recipe(recipe_path), str(recipe_path)) if recipe_path else {}
     merged.update(explicit)
-    build = getattr(cls, "from_dict", None)
-    settings = build(merged) if build is not None else cls(**merged)
+    unknown = sorted(set(merged) - {f.name for f, _ in leaf_fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}")
+    settings = build(cls, merged)
     check_required(settings)
     return settings
+
+
+def build(cls: Type[T], values: Mapping[str, Any]) -> T:
+    """An instance of `cls` from flat field values (nested settings take theirs by name), through
+    the class's `from_dict` when it has one."""
+    own: Dict[str, Any] = {}
+    for spec, hint in settings_fields(cls):
+        if _is_settings(hint):
+            own[spec.name] = build(hint, values)
+        elif spec.name in values:
+            own[spec.name] = values[spec.name]
+    from_dict = getattr(cls, "from_dict", None)
+    return from_dict(own) if from_dict is not None else cls(**own)
 
 
 def from_args(cls: Type[T], args: argparse.Namespace) -> T:

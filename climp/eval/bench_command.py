@@ -12,11 +12,14 @@ from typing import Any, Dict, List
 
 import torch
 
-from .command import csv_list
 from .efficiency import profile_tower, token_batch
 
 CLAIM_MODELS = ["climp-vmamba-b", "clip-vit-b-16"]
 CLAIM_SIDES = [224, 896]
+
+
+def csv_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def int_list(text: str) -> List[int]:
