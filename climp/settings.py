@@ -235,12 +235,18 @@ def resolve(cls: Type[T], explicit: Mapping[str, Any], recipe_path: Optional[Uni
     has one), with required fields checked."""
     merged = recipe_values(cls, load_recipe(recipe_path), str(recipe_path)) if recipe_path else {}
     merged.update(explicit)
-    unknown = sorted(set(merged) - {f.name for f, _ in leaf_fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}")
-    settings = build(cls, merged)
+    settings = from_values(cls, merged)
     check_required(settings)
     return settings
+
+
+def from_values(cls: Type[T], values: Mapping[str, Any], label: str = "") -> T:
+    """`build` after refusing keys that name no field (nested ones included)."""
+    unknown = sorted(set(values) - {f.name for f, _ in leaf_fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {label or cls.__name__} keys {unknown}; known keys: "
+                         f"{sorted(f.name for f, _ in leaf_fields(cls))}")
+    return build(cls, values)
 
 
 def build(cls: Type[T], values: Mapping[str, Any]) -> T:
