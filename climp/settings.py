@@ -124,11 +124,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type, recipe: b
     if recipe:
         parser.add_argument("--config", dest="config", default=argparse.SUPPRESS, metavar="RECIPE",
                             help="YAML or JSON recipe with any of the options below (explicit flags win)")
-    groups: Dict[str, argparse._ArgumentGroup] = {}
+    groups: Dict[str, Any] = {}
     for spec, hint in leaf_fields(cls):
         meta = spec.metadata
         title = meta.get("group", "options")
-        group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        if title == "options":  # argparse's own group of optional arguments
+            group = parser
+        else:
+            group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         default = _default_of(spec)
         text = meta["help"]
         if meta.get("required"):

@@ -7,9 +7,11 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..settings import add_settings_arguments, from_args, setting
 from .presets import DEFAULT_MODELS, get_preset, preset_names
 
 DESCRIPTION = """Reproduce the claims of CLIMP and CLIP-Mamba on the embedded benchmark.
@@ -23,32 +25,33 @@ latest checkpoint. Presets: quick (1 seed, <= 15 min on 2 cores), full (3 seeds,
 smoke (seconds; checks the pipeline only)."""
 
 
-def csv_list(text: str) -> List[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
 def seed_list(text: str) -> List[int]:
+    """--seeds: comma-separated integers."""
     try:
-        return [int(v) for v in csv_list(text)]
+        seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from err
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of seeds")
+    return seeds
+
+
+@dataclass
+class ReproduceSettings:
+    """Which preset, models and seeds to reproduce, and where the report goes."""
+
+    preset: str = setting("quick", choices=preset_names(), help="how long to train and how much to measure")
+    models: List[str] = setting(default_factory=lambda: list(DEFAULT_MODELS), help="comma-separated subset of models")
+    seeds: Optional[List[int]] = setting(None, parse=seed_list, help=(
+        "comma-separated training seeds (default: the preset's)"))
+    out: Optional[Path] = setting(None, metavar="DIR", help="output directory (default: runs/reproduce-<preset>)")
+    progress: bool = setting(True, help="show the stage progress bar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--preset", choices=preset_names(), default="quick",
-                        help="how long to train and how much to measure (default: quick)")
-    parser.add_argument("--models", type=csv_list, default=list(DEFAULT_MODELS),
-                        help=f"comma-separated subset of models (default: {','.join(DEFAULT_MODELS)})")
-    parser.add_argument("--seeds", type=seed_list, default=None,
-                        help="comma-separated training seeds (default: the preset's)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: runs/reproduce-<preset>)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the stage progress bar")
+    add_settings_arguments(parser, ReproduceSettings)
 
 
 def check_models(models: Sequence[str]) -> None:
@@ -94,10 +97,16 @@ def reproduce(preset_name: str, models: Sequence[str], out_dir: Optional[Path] =
     return results
 
 
+def run_reproduce(settings: ReproduceSettings, stage_functions: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """`reproduce` with its arguments as settings."""
+    return reproduce(settings.preset, settings.models, settings.out, settings.seeds, settings.progress,
+                     stage_functions)
+
+
 def run(args: argparse.Namespace) -> int:
     from .report import summary_text
 
-    results = reproduce(args.preset, args.models, args.out, args.seeds, progress=not args.no_progress)
+    results = run_reproduce(from_args(ReproduceSettings, args))
     print(summary_text(results))
     print(f"\nreport: {results['paths']['report']}\nresults: {results['paths']['results']}")
     return 0
