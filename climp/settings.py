@@ -207,7 +207,20 @@ def recipe_values(cls: type, recipe: Mapping[str, Any], source: str = "recipe") 
                 raise ValueError(f"{source}: {key}: {err}") from None
         else:
             out[spec.name] = _coerce(value, _strip_optional(hint))
+        _check_choices(key, out[spec.name], spec, hint, source)
     return out
+
+
+def _check_choices(key: str, value: Any, spec: dataclasses.Field, hint: Any, source: str) -> None:
+    """ValueError when a recipe value is not among the field's choices (argparse checks flags)."""
+    base = _strip_optional(hint)
+    if base is bool or value is None:
+        return
+    item, is_list = _item_type(base)
+    _, choices = _scalar_parser(item, spec.metadata.get("choices"))
+    bad = [v for v in (value if is_list else [value]) if choices is not None and v not in choices]
+    if bad:
+        raise ValueError(f"{source}: {key}={value!r} is not one of {list(choices)}")
 
 
 def _coerce(value: Any, hint: Any) -> Any:

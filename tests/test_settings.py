@@ -8,7 +8,9 @@ from typing import List, Literal, Optional
 
 import pytest
 
-from climp.settings import add_settings_arguments, from_args, resolve, setting, settings_fields
+from climp.cli import SUBCOMMANDS
+from climp.settings import (add_settings_arguments, flags_of, from_args, from_values, leaf_fields, resolve, setting,
+                            settings_fields)
 
 
 @dataclasses.dataclass
@@ -69,6 +71,9 @@ def test_unknown_recipe_keys_and_missing_required_values_are_errors(tmp_path):
     recipe.write_text("cuont: 9\nout: o\n")
     with pytest.raises(ValueError, match=r"unknown keys \['cuont'\]"):
         _settings(["--config", str(recipe)])
+    recipe.write_text("mode: z\nout: o\n")
+    with pytest.raises(ValueError, match="mode='z' is not one of"):
+        _settings(["--config", str(recipe)])
     with pytest.raises(ValueError, match="--out is required"):
         _settings([])
     with pytest.raises(FileNotFoundError):
@@ -88,14 +93,82 @@ def test_help_is_grouped_and_every_field_has_help():
         settings_fields(NoHelp)
 
 
-@pytest.mark.parametrize("module", ["climp.train.config"])
-def test_every_job_setting_has_help_text(module):
+JOBS = {"train": "climp.train.config:TrainConfig", "eval": "climp.eval.job:EvalJob",
+        "hessian": "climp.analysis.job:HessianJob", "bench": "climp.eval.bench:BenchSettings",
+        "reproduce": "climp.reproduce.command:ReproduceSettings"}
+
+
+@pytest.mark.parametrize("command", sorted(JOBS))
+def test_every_job_setting_has_help_text_and_a_flag_in_the_help(command):
     import importlib
 
-    mod = importlib.import_module(module)
-    classes = [v for v in vars(mod).values() if dataclasses.is_dataclass(v) and isinstance(v, type)
-               and v.__module__ == module]
-    assert classes
-    for cls in classes:
-        for spec, _ in settings_fields(cls):
-            assert len(spec.metadata["help"]) > 5, (cls, spec.name)
+    module, name = JOBS[command].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    parser = argparse.ArgumentParser(prog=f"climp {command}")
+    importlib.import_module(SUBCOMMANDS[command][0]).add_arguments(parser)
+    text = parser.format_help()
+    for spec, _ in leaf_fields(cls):
+        assert len(spec.metadata["help"]) > 5, (cls, spec.name)
+        assert flags_of(spec)[0] in text, spec.name
+    assert "--config" in text
+
+
+@dataclasses.dataclass
+class Inner:
+    depth: int = setting(2, help="inner depth", group="inner")
+    tags: List[str] = setting(default_factory=list, help="inner tags")
+
+
+@dataclasses.dataclass
+class Outer:
+    name: str = setting("o", help="outer name")
+    inner: Inner = setting(default_factory=Inner, help="nested settings")
+
+
+def test_nested_settings_are_flat_flags_and_recipe_keys(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, Outer)
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"depth": 5, "tags": "a,b"}))
+    s = from_args(Outer, parser.parse_args(["--config", str(recipe), "--name", "x", "--depth", "7"]))
+    assert s == Outer(name="x", inner=Inner(depth=7, tags=["a", "b"]))
+    with pytest.raises(ValueError, match=r"unknown Outer keys \['inner'\]"):
+        from_values(Outer, {"inner": {}})
+
+    @dataclasses.dataclass
+    class Clash:
+        depth: int = setting(1, help="clashes with Inner.depth")
+        inner: Inner = setting(default_factory=Inner, help="nested settings")
+
+    with pytest.raises(TypeError, match="depth"):
+        leaf_fields(Clash)
+
+
+def test_eval_and_hessian_recipes_under_explicit_flags(tmp_path):
+    from climp.analysis import command as hessian_command
+    from climp.analysis.job import HessianJob
+    from climp.eval import command as eval_command
+    from climp.eval.job import EvalJob
+
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("model: clip-vit-tiny\nout: results\nnum-samples: 3\ntasks: zeroshot,shifts\n"
+                      "shifts: [contrast]\ndataset: [cifar10]\ndataset_root: data\n")
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    job = from_args(EvalJob, parser.parse_args(["--config", str(recipe), "--num-samples", "4"]))
+    assert (job.models, job.out, job.tasks) == (["clip-vit-tiny"], Path("results"), ["zeroshot", "shifts"])
+    assert (job.settings.num_samples, job.settings.shifts, job.settings.datasets) == (4, ["contrast"], ["cifar10"])
+    recipe.write_text("model: clip-vit-tiny\nout: results\ntasks: zeroshot,retrievl\n")
+    with pytest.raises(ValueError, match="unknown or no eval tasks"):
+        from_args(EvalJob, parser.parse_args(["--config", str(recipe)]))
+
+    recipe = tmp_path / "hessian.json"
+    recipe.write_text(json.dumps({"model": "climp-tiny", "top_k": 3, "params": ["visual"], "no_such": 1}))
+    parser = argparse.ArgumentParser()
+    hessian_command.add_arguments(parser)
+    with pytest.raises(ValueError, match=r"unknown keys \['no_such'\]"):
+        from_args(HessianJob, parser.parse_args(["--config", str(recipe)]))
+    recipe.write_text(json.dumps({"model": "climp-tiny", "top_k": 3, "params": ["visual"], "landscape": "2d"}))
+    job = from_args(HessianJob, parser.parse_args(["--config", str(recipe), "--top-k", "4", "--no-progress"]))
+    assert (job.model, job.params, job.settings.top_k, job.settings.landscape, job.settings.progress) == (
+        "climp-tiny", ["visual"], 4, "2d", False)
