@@ -102,7 +102,7 @@ def settings_fields(cls: type) -> List[Tuple[dataclasses.Field, Any]]:
 
 
 def leaf_fields(cls: type) -> List[Tuple[dataclasses.Field, Any]]:
-    """The fields of `cls` and of the settings dataclasses nested in it, flattened; ValueError when
+    """The fields of `cls` and of the settings dataclasses nested in it, flattened; TypeError when
     two share a name."""
     out: List[Tuple[dataclasses.Field, Any]] = []
     for spec, hint in settings_fields(cls):

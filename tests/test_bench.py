@@ -4,7 +4,7 @@ import json
 import pytest
 
 from climp.cli import main
-from climp.eval.bench import CLAIM_MODELS, CLAIM_SIDES, BenchSettings, ratios, run_bench
+from climp.eval.bench import CLAIM_MODELS, CLAIM_SIDES, BenchSettings, ratios
 
 
 def test_settings_flags_and_claim_preset(tmp_path):
@@ -22,6 +22,8 @@ def test_settings_flags_and_claim_preset(tmp_path):
     assert (claim.models, claim.image_sizes, claim.towers) == (CLAIM_MODELS, CLAIM_SIDES, ["image"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--towers", "image,audio", "--out", "x"])
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        from_args(BenchSettings, parser.parse_args(["--repeats", "0", "--out", "x"]))
 
 
 def test_run_writes_table_json_and_plot(tmp_path, capsys):

@@ -39,6 +39,17 @@ class BenchSettings:
     claim: bool = setting(False, help=f"preset: {' vs '.join(CLAIM_MODELS)} image towers at {CLAIM_SIDES}")
     out: Optional[Path] = setting(None, required=True, metavar="DIR", help="output directory")
 
+    def __post_init__(self) -> None:
+        for key in ("batch", "repeats"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"bench {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("image_sizes", "text_lengths"):
+            if any(v < 1 for v in getattr(self, key)):
+                raise ValueError(f"bench {key} must be positive, got {getattr(self, key)}")
+        unknown = [t for t in self.towers if t not in TOWERS]
+        if unknown or not self.towers:
+            raise ValueError(f"unknown or no bench towers {unknown}; choose from {list(TOWERS)}")
+
     def resolved(self) -> "BenchSettings":
         """The settings with the claim preset applied when `claim` is set."""
         if not self.claim:
