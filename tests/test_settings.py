@@ -95,7 +95,7 @@ def test_help_is_grouped_and_every_field_has_help():
 
 JOBS = {"train": "climp.train.config:TrainConfig", "eval": "climp.eval.job:EvalJob",
         "hessian": "climp.analysis.job:HessianJob", "bench": "climp.eval.bench:BenchSettings",
-        "reproduce": "climp.reproduce.command:ReproduceSettings"}
+        "reproduce": "climp.reproduce.job:ReproduceSettings"}
 
 
 @pytest.mark.parametrize("command", sorted(JOBS))
