@@ -12,6 +12,7 @@ from PIL import Image
 
 import climp
 import climp.analysis.command as command
+import climp.analysis.job as job
 import climp.analysis.params as params
 from test_analysis_models import MeanPoolText, ScanText, TinyClip, shrunk_climp_tiny
 
@@ -46,8 +47,8 @@ def parse(argv):
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(command, "load_model", tiny_loader)
-    monkeypatch.setattr(command, "synthetic_samples", tiny_samples)
+    monkeypatch.setattr(job, "load_model", tiny_loader)
+    monkeypatch.setattr(job, "synthetic_samples", tiny_samples)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -103,7 +104,7 @@ def test_siglip_model_and_bad_arguments(tiny, tmp_path):
 
 def test_real_loader_reports_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        command.load_model("clip-vit-tiny", str(tmp_path / "missing"), None, "cpu")
+        job.load_model("clip-vit-tiny", str(tmp_path / "missing"), None, "cpu")
 
 
 def test_default_exclusion_is_the_token_embedding_and_none_keeps_it(tiny, tmp_path, monkeypatch):

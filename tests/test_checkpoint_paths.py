@@ -52,7 +52,7 @@ def test_loaders_accept_every_form(run_dir):
 
 
 def test_eval_cli_takes_the_pointer_file(run_dir, tmp_path, monkeypatch):
-    from climp.eval import command
+    from climp.eval import job
 
     seen = {}
 
@@ -60,8 +60,8 @@ def test_eval_cli_takes_the_pointer_file(run_dir, tmp_path, monkeypatch):
         seen["weights"] = model.state_dict()
         return {"zeroshot": {}}
 
-    monkeypatch.setattr(command, "evaluate", evaluate)
-    monkeypatch.setattr(command, "write_report", lambda results, out: out / "report.md")
+    monkeypatch.setattr(job, "evaluate", evaluate)
+    monkeypatch.setattr(job, "write_report", lambda results, out: out / "report.md")
     code = main(["eval", "--model", MODEL, "--checkpoint", str(run_dir / "checkpoints" / "latest"),
                  "--tasks", "zeroshot", "--out", str(tmp_path / "eval")])
     assert code == 0

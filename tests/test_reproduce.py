@@ -357,3 +357,21 @@ def test_smoke_preset_end_to_end(tmp_path):
     again = reproduce("smoke", models, tmp_path, progress=False)
     assert all(s["reused"] for s in again["timing"]["stages"])
     assert again["claims"] == results["claims"]
+
+
+def test_reproduce_settings_from_flags_and_recipe(tmp_path):
+    import argparse
+
+    from climp.reproduce import command
+    from climp.settings import from_args
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: smoke\nseeds: 3,4\nmodels: [climp-tiny]\n")
+    s = from_args(command.ReproduceSettings, parser.parse_args(["--config", str(recipe), "--seeds", "5",
+                                                                "--no-progress"]))
+    assert (s.preset, s.models, s.seeds, s.progress, s.out) == ("smoke", ["climp-tiny"], [5], False, None)
+    assert from_args(command.ReproduceSettings, parser.parse_args(["--config", str(recipe)])).seeds == [3, 4]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "a,b"])

@@ -22,12 +22,14 @@ from .negative_mass import DEFAULT_THRESHOLD_REL, negative_mass
 from .params import select_parameters
 from .trace import hutchinson_trace, rademacher
 from ..dataconfig import FromDict
+from ..settings import setting
 
 LANDSCAPE_MODES = ("none", "1d", "2d")
 DIRECTION_KINDS = ("eigen", "random")
 # Largest ||Hv(h) - Hv(4h)|| / ||Hv(h)|| accepted from finite differences: smooth losses stay
 # within a few percent (rounding, truncation), non-smooth ones (max pooling) reach 1 or more.
 FD_CONSISTENCY_LIMIT = 0.25
+HESSIAN, LANDSCAPE = "Hessian", "loss landscape"
 
 
 @dataclass
@@ -35,48 +37,43 @@ class HessianSettings(FromDict):
     """Knobs of one analysis. Defaults (about 270 Hessian-vector products, finite
     differences: about 540 gradient evaluations) keep a tiny model on a CPU in minutes;
     publication-grade numbers want more (e.g. top_k 5, lanczos_steps 60, hutchinson_samples
-    100, slq_runs 10 x slq_steps 100).
-
-    hvp: "finite-difference" (two fast first-order gradients per product, error about 2e-4 of
-    ||H|| in float32 for a smooth loss; each analysis checks smoothness, FD_CONSISTENCY_LIMIT) or
-    "autograd" (exact double backward; through a selective scan it needs
-    the pure-PyTorch scan: on climp-tiny 4-6x slower per product) / fd_eps_rel: relative
-    finite-difference step (None: the dtype's default, see hvp.DEFAULT_EPS_REL);
-    top_k / lanczos_steps / lanczos_tol: eigenvalues (Lanczos, stops at tol relative residual);
-    hutchinson_samples / confidence: trace and its confidence interval;
-    slq_runs (>= 2) / slq_steps / density_grid / density_sigma (relative to the spectral range):
-    spectral density, and the negative mass from the same runs (negative_mass.py):
-    negative_threshold: it counts eigenvalues below -negative_threshold * max|lambda|; keep it
-    above the products' relative error (finite differences in float32: ~2e-4);
-    landscape ("none", "1d", "2d") / landscape_directions ("eigen": top eigenvectors, unit norm;
-    "random": filter-normalised) / landscape_steps per axis / landscape_range (coordinates in
-    [-range, range]) / ignore_1d (zero direction on biases and norms, random directions only);
-    seed: every random draw; cache_graph: keep gradient graphs between products (faster, more
-    memory); progress: tqdm bars.
-    """
+    100, slq_runs 10 x slq_steps 100). Finite-difference products are checked for smoothness
+    in every analysis (FD_CONSISTENCY_LIMIT); the negative mass is computed from the SLQ runs
+    (negative_mass.py)."""
 
     config_label = "Hessian settings"
 
-    top_k: int = 2
-    lanczos_steps: int = 20
-    lanczos_tol: float = 1e-2
-    hutchinson_samples: int = 10
-    confidence: float = 0.95
-    slq_runs: int = 4
-    slq_steps: int = 60
-    density_grid: int = 1000
-    density_sigma: float = 0.01
-    negative_threshold: float = DEFAULT_THRESHOLD_REL
-    landscape: str = "1d"
-    landscape_directions: str = "eigen"
-    landscape_steps: int = 11
-    landscape_range: float = 1.0
-    ignore_1d: bool = False
-    seed: int = 0
-    hvp: str = "finite-difference"
-    fd_eps_rel: Optional[float] = None
-    cache_graph: bool = False
-    progress: bool = True
+    top_k: int = setting(2, group=HESSIAN, help="top eigenvalues to compute")
+    lanczos_steps: int = setting(20, group=HESSIAN, help="max Lanczos steps (products)")
+    lanczos_tol: float = setting(1e-2, group=HESSIAN, help="relative Ritz residual to stop at")
+    hutchinson_samples: int = setting(10, group=HESSIAN, help="trace probes")
+    confidence: float = setting(0.95, group=HESSIAN, help="confidence level of the trace and negative-mass bounds")
+    slq_runs: int = setting(4, group=HESSIAN, help="SLQ runs (Rademacher probes, >= 2) for the density and the "
+                                                   "negative mass")
+    slq_steps: int = setting(60, group=HESSIAN, help=(
+        "Lanczos steps per SLQ run (more resolve the negative mass at smaller thresholds)"))
+    density_grid: int = setting(1000, group=HESSIAN, help="points of the spectral density grid")
+    density_sigma: float = setting(0.01, group=HESSIAN, help="Gaussian broadening std, relative to the spectral range")
+    negative_threshold: float = setting(DEFAULT_THRESHOLD_REL, group=HESSIAN, help=(
+        "negative mass counts eigenvalues below -this * max|lambda| (keep it above the products' "
+        "relative error, ~2e-4 for float32 finite differences)"))
+    landscape: str = setting("1d", group=LANDSCAPE, choices=LANDSCAPE_MODES, help="slice dimension")
+    landscape_directions: str = setting("eigen", group=LANDSCAPE, choices=DIRECTION_KINDS, help=(
+        "top eigenvectors (unit norm) or filter-normalised random directions"))
+    landscape_steps: int = setting(11, group=LANDSCAPE, help="grid points per axis")
+    landscape_range: float = setting(1.0, group=LANDSCAPE, help="slice coordinates run over [-range, range]")
+    ignore_1d: bool = setting(False, group=LANDSCAPE, help=(
+        "random directions leave biases, norms and scalars unchanged (Li et al.)"))
+    seed: int = setting(0, group=HESSIAN, help="data and random-vector seed")
+    hvp: str = setting("finite-difference", group=HESSIAN, choices=HVP_METHODS, help=(
+        "Hessian-vector products by central finite differences of gradients (2 fast gradients each, "
+        "error ~2e-4 of ||H|| in float32) or exact double backward (through a selective scan it needs "
+        "the pure-PyTorch scan, several times slower)"))
+    fd_eps_rel: Optional[float] = setting(None, group=HESSIAN, help=(
+        "finite-difference step relative to 1 + rms(theta) (default: 3e-4 float32, 1e-7 float64)"))
+    cache_graph: bool = setting(False, group=HESSIAN, help=(
+        "with --hvp autograd: keep each batch's gradient graph between products (faster, more memory)"))
+    progress: bool = setting(True, group=HESSIAN, help="show progress bars")
 
     def __post_init__(self) -> None:
         positive = ("top_k", "lanczos_steps", "slq_runs", "slq_steps", "landscape_steps")

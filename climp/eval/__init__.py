@@ -3,8 +3,9 @@ spurious correlations, OOD detection, resolution scaling, dense-caption retrieva
 shape bias, and efficiency (FLOPs, memory, throughput).
 
 `evaluate(model, tokenizer, preprocess, tasks, settings)` runs any subset of TASKS on the embedded
-benchmark (climp.data.synthetic) and on local real data (see datasets.py); `climp eval` and
-`climp bench` are the command-line entry points (command.py, bench_command.py).
+benchmark (climp.data.synthetic) and on local real data (see datasets.py). `climp.eval.job.run_eval(EvalJob)`
+evaluates several models and writes results.json and report.md; `climp eval` and `climp bench`
+are the command-line shells (command.py, bench_command.py over bench.run_bench).
 
 Evaluating a CLIMP model with CLIP_benchmark (pip install clip_benchmark; nothing downloads when
 datasets already sit under --dataset_root):

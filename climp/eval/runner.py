@@ -2,7 +2,7 @@
 tasks on the embedded benchmark and on local real data, returning a JSON-ready dict."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -20,6 +20,7 @@ from .shifts import SHIFTS, get_shift, shift_op
 from .spurious import evaluate_spurious
 from .zeroshot import evaluate_zero_shot, zero_shot_logits
 from ..dataconfig import FromDict
+from ..settings import setting
 
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
 # Tasks that run on local files only (not part of the default task list).
@@ -31,6 +32,7 @@ TASK_DATA = {"zeroshot": ("datasets",), "retrieval": ("retrieval_file",), "shift
              "nocaps": ("nocaps_file",)}
 RETRIEVAL_KS = (1, 5, 10)
 EMBEDDED = "embedded"
+SIZES, DATA, TASK_OPTIONS = "sizes", "data", "task options"
 
 
 @dataclass
@@ -39,26 +41,39 @@ class EvalSettings(FromDict):
     adds the embedded benchmark's data to each task."""
 
     config_label = "eval settings"
-    batch_size: int = 64
-    num_samples: int = 200
-    seed: int = 0
-    resolution: Optional[int] = None  # embedded benchmark side; None: the model's training side
-    captions_per_image: int = 5
-    dataset_root: Optional[str] = None
-    datasets: List[str] = field(default_factory=list)  # real zero-shot datasets under dataset_root
-    split: str = "test"
-    retrieval_file: Optional[str] = None
-    nocaps_file: Optional[str] = None  # NoCaps' COCO-style caption JSON (task "nocaps")
-    dense_file: Optional[str] = None
-    image_root: Optional[str] = None  # images of caption files; default: the file's folder
-    ood_root: Optional[str] = None  # OOD images for the embedded shape task or ood_in_dataset
-    ood_in_dataset: Optional[str] = None
-    cue_conflict_root: Optional[str] = None
-    shifts: List[str] = field(default_factory=lambda: list(SHIFTS))
-    shift_dataset: Optional[str] = None  # a real dataset name from `datasets`; default embedded shape task
-    resolution_scales: List[int] = field(default_factory=lambda: [1, 2, 4])
-    hubness_k: int = 10
-    embedded: Optional[bool] = None
+    batch_size: int = setting(64, group=SIZES, help="images per forward pass")
+    num_samples: int = setting(200, group=SIZES, help="embedded benchmark samples per task")
+    seed: int = setting(0, group=SIZES, help="seed of the embedded data and of a model's random initialisation")
+    resolution: Optional[int] = setting(None, group=SIZES, help=(
+        "embedded benchmark side (default: the model's training side)"))
+    captions_per_image: int = setting(5, group=SIZES, help="captions per image in embedded retrieval")
+    dataset_root: Optional[str] = setting(None, group=DATA, metavar="DIR", help=(
+        "root of local real datasets (nothing downloads)"))
+    datasets: List[str] = setting(default_factory=list, group=DATA, flag="--dataset", list_style="append",
+                                  metavar="NAME", help="real zero-shot dataset under --dataset-root (repeatable)")
+    split: str = setting("test", group=DATA, help="split of the embedded benchmark and of real datasets")
+    retrieval_file: Optional[str] = setting(None, group=DATA, metavar="PATH", help=(
+        "JSON/CSV of (image, caption) for retrieval"))
+    nocaps_file: Optional[str] = setting(None, group=DATA, metavar="PATH", help=(
+        "NoCaps' COCO-style caption JSON (task nocaps: CLIMP's retrieval protocol)"))
+    dense_file: Optional[str] = setting(None, group=DATA, metavar="PATH", help=(
+        "JSON [{image, caption}] of long captions"))
+    image_root: Optional[str] = setting(None, group=DATA, metavar="DIR", help=(
+        "images of the caption files (default: their folder)"))
+    ood_root: Optional[str] = setting(None, group=DATA, metavar="DIR", help=(
+        "folder of OOD images (for the embedded shape task or --ood-in-dataset)"))
+    ood_in_dataset: Optional[str] = setting(None, group=DATA, metavar="NAME", help=(
+        "in-distribution dataset for --ood-root"))
+    cue_conflict_root: Optional[str] = setting(None, group=DATA, metavar="DIR", help="Geirhos cue-conflict folder")
+    shifts: List[str] = setting(default_factory=lambda: list(SHIFTS), group=TASK_OPTIONS, help=(
+        "image shifts of the shifts task"))
+    shift_dataset: Optional[str] = setting(None, group=DATA, metavar="NAME", help=(
+        "real dataset (from --dataset) for shifts/resolution (default: the embedded shape task)"))
+    resolution_scales: List[int] = setting(default_factory=lambda: [1, 2, 4], group=TASK_OPTIONS, help=(
+        "multiples of the model's side in the resolution task"))
+    hubness_k: int = setting(10, group=TASK_OPTIONS, help="neighbourhood size of the hubness task")
+    embedded: Optional[bool] = setting(None, group=DATA, help=(
+        "evaluate the embedded benchmark too (default: only when no local data is named)"))
 
     @property
     def use_embedded(self) -> bool:

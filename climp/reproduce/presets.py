@@ -42,7 +42,9 @@ class Preset:
     def validate(self) -> None:
         """Build every settings object once so a bad key or value fails before any training."""
         from climp.analysis.report import HessianSettings
+        from climp.eval.bench import BenchSettings
         from climp.eval.runner import TASKS, EvalSettings
+        from climp.settings import from_values
         from climp.train.config import TrainConfig
 
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -62,6 +64,7 @@ class Preset:
         bad = set(self.bench) - {"image_sizes", "text_lengths", "batch", "repeats", "throughput"}
         if bad:
             raise ValueError(f"preset {self.name!r}: unknown bench keys {sorted(bad)}")
+        from_values(BenchSettings, self.bench, f"preset {self.name!r} bench")
 
 
 def _train(**values: Any) -> Dict[str, Any]:

@@ -110,7 +110,7 @@ def summary_text(results: Mapping[str, Any]) -> str:
 
 
 def bench_section(bench: Mapping[str, Any]) -> List[str]:
-    from climp.eval.bench_command import markdown, ratios
+    from climp.eval.bench import markdown, ratios
 
     if not bench:
         return []
@@ -222,7 +222,7 @@ def plot_loss_curves(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Optio
 def write_plots(results: Mapping[str, Any], out_dir: Path) -> Dict[str, Path]:
     """Every plot the results allow; {caption: path}."""
     from climp.analysis.plots import plot_density
-    from climp.eval.bench_command import plot as plot_bench
+    from climp.eval.bench import plot as plot_bench
     from climp.eval.report import plot_resolution, plot_shifts
 
     runs, models, paths = results["runs"], results["models"], {}

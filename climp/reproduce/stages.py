@@ -1,9 +1,8 @@
 """The four stages of a reproduction, each a thin call into the library's own entry points:
 training (climp.train.trainer.train), evaluation (climp.eval.evaluate), the Hessian analysis
-(climp.analysis.analyse_hessian) and the efficiency benchmark (climp.eval.bench_command)."""
+(climp.analysis.analyse_hessian) and the efficiency benchmark (climp.eval.bench.bench_model)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,15 +109,20 @@ def hessian_stage(job: Job) -> Dict[str, Any]:
     return result
 
 
+def bench_settings(preset: Preset, model: str):
+    """The preset's benchmark as BenchSettings for one model, both towers."""
+    from climp.eval.bench import TOWERS, BenchSettings
+    from climp.settings import from_values
+
+    return from_values(BenchSettings, {**preset.bench, "models": [model], "towers": list(TOWERS)},
+                       f"preset {preset.name!r} bench")
+
+
 def bench_stage(job: Job) -> Dict[str, Any]:
     """FLOPs, peak memory and throughput of both towers across image sides and text lengths."""
-    from climp.eval.bench_command import bench_model
+    from climp.eval.bench import bench_model
 
-    bench = job.preset.bench
-    args = argparse.Namespace(image_sizes=list(bench["image_sizes"]), text_lengths=list(bench["text_lengths"]),
-                              towers=["image", "text"], batch=bench["batch"], memory_device=None,
-                              no_throughput=not bench["throughput"], repeats=bench["repeats"])
-    return bench_model(job.model, args)
+    return bench_model(job.model, bench_settings(job.preset, job.model))
 
 
 STAGE_FUNCTIONS: Mapping[str, StageFn] = {TRAIN: train_stage, EVAL: eval_stage, HESSIAN: hessian_stage,

@@ -6,81 +6,130 @@ a default.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
+
 from ..dataconfig import FromDict
+from ..settings import load_recipe, recipe_values, resolve, setting
 
 LOSSES = ("clip", "siglip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CAPTION_STYLES = ("short", "dense", "mixed")
 DEVICES = ("auto", "cpu", "cuda")
+DATA_SOURCES = ("synthetic", "files")
+MODEL, DATA, OPTIM, OUTPUT = "model", "data", "optimisation", "evaluation and output"
 
 
 @dataclass
 class TrainConfig(FromDict):
-    """Every knob of a training run; field docs double as `climp train --help` text."""
+    """Every knob of a training run; each field's metadata holds its `climp train --help` text."""
 
     config_label = "training config keys"
 
     # model
-    model: str = "climp-tiny"
-    grad_checkpointing: bool = False
-    compile: bool = False
-    image_pretrained: Optional[str] = None
-    text_pretrained: Optional[str] = None
-    lock_image: int = -1
-    lock_text: int = -1
-    lr_image_mult: float = 1.0
-    lr_text_mult: float = 1.0
+    model: str = setting("climp-tiny", group=MODEL, help=(
+        "model name from climp.list_models() (e.g. climp-tiny, clip-vit-tiny)"))
+    grad_checkpointing: bool = setting(False, group=MODEL, help=(
+        "recompute activations in the backward pass to save memory"))
+    compile: bool = setting(False, group=MODEL, help=(
+        "run the training forward and backward through torch.compile (the first steps pay the "
+        "compilation; the selective scan is a custom op inside the compiled graph)"))
+    image_pretrained: Optional[str] = setting(None, group=MODEL, metavar="PATH", help=(
+        "start the image tower from a VMamba ImageNet or open_clip checkpoint"))
+    text_pretrained: Optional[str] = setting(None, group=MODEL, metavar="PATH", help=(
+        "start the text tower from a Mamba/Mamba-2 language model directory (transformers or "
+        "mamba_ssm layout) or an open_clip checkpoint"))
+    lock_image: int = setting(-1, group=MODEL, help=(
+        "freeze the image tower but its last N layer groups (head included); -1 trains it all"))
+    lock_text: int = setting(-1, group=MODEL, help=(
+        "freeze the text tower but its last N layer groups (head included); -1 trains it all"))
+    lr_image_mult: float = setting(1.0, group=MODEL, help="learning-rate multiplier of the image tower")
+    lr_text_mult: float = setting(1.0, group=MODEL, help="learning-rate multiplier of the text tower")
     # data
-    data: str = "synthetic"
-    train_data: Optional[str] = None
-    csv_img_key: Optional[str] = None
-    csv_caption_key: Optional[str] = None
-    csv_separator: Optional[str] = None
-    allow_pipe: bool = False
-    max_caption_tokens: int = 256
-    val_data: Optional[str] = None
-    eval_embedded: bool = False
-    train_samples: int = 20_000
-    caption_style: str = "short"
-    partial_captions: float = 0.0
-    hard_negatives: float = 0.0
-    resolution: int = 64
-    workers: int = 0
+    data: str = setting("synthetic", group=DATA, choices=DATA_SOURCES, help=(
+        "training data: 'synthetic' (embedded scenes) or 'files' (set by --train-data)"))
+    train_data: Optional[str] = setting(None, group=DATA, metavar="PATH", help=(
+        "a CSV file, an image folder with captions, or webdataset shards such as "
+        "'shards-{000..009}.tar' (implies --data files)"))
+    val_data: Optional[str] = setting(None, group=DATA, metavar="PATH", help=(
+        "held-out data evaluated during (--eval-every) and after training: a caption table, caption "
+        "folder or shards (retrieval R@1/5/10), or a folder of class folders (zero-shot accuracy on "
+        "the class names)"))
+    csv_img_key: Optional[str] = setting(None, group=DATA, help=(
+        "caption-table column holding image paths (default: detected: image, filepath, file, path, "
+        "img, image_path)"))
+    csv_caption_key: Optional[str] = setting(None, group=DATA, help=(
+        "caption-table column holding captions (default: detected: caption, title, text)"))
+    csv_separator: Optional[str] = setting(None, group=DATA, help=(
+        "caption-table separator: one character, or 'tab' (default: detected from the header: "
+        ", tab ; |)"))
+    allow_pipe: bool = setting(False, group=DATA, help=(
+        "allow webdataset 'pipe:CMD' data URLs, which run CMD in a shell"))
+    max_caption_tokens: int = setting(256, group=DATA, help=(
+        "captions longer than this many tokens are cut (end token kept) in training and evaluation, "
+        "and counted; 0: no cap"))
+    train_samples: int = setting(20_000, group=DATA, help="number of synthetic training scenes (one epoch)")
+    caption_style: str = setting("short", group=DATA, choices=CAPTION_STYLES, help=(
+        "synthetic captions: short, dense (long, many objects) or mixed"))
+    partial_captions: float = setting(0.0, group=DATA, help=(
+        "synthetic data: share of captions naming only some attributes of the main object, so every "
+        "attribute is learned on its own"))
+    hard_negatives: float = setting(0.0, group=DATA, help=(
+        "synthetic data: share of scenes that come in groups of 8 differing in one attribute "
+        "(in-batch hard negatives)"))
+    resolution: int = setting(64, group=DATA, help="image side length in pixels")
+    workers: int = setting(0, group=DATA, help="data-loader worker processes (0 loads in the main process)")
     # optimisation
-    steps: int = 450
-    batch_size: int = 64
-    accum_freq: int = 1
-    lr: float = 1e-3
-    warmup: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    grad_clip: float = 1.0
-    loss: str = "clip"
-    local_loss: bool = False
-    gather_with_grad: bool = True
-    precision: str = "fp32"
-    ema_decay: float = 0.0
-    seed: int = 0
-    # evaluation, logging, checkpoints
-    eval_every: int = 0
-    eval_samples: int = 500
-    retrieval_samples: int = 1000
-    log_every: int = 10
-    save_every: int = 0
-    name: Optional[str] = None
-    output_dir: str = "runs"
-    resume: Optional[str] = None
-    resume_override: bool = False
-    tensorboard: bool = False
-    progress: bool = True
-    device: str = "auto"
+    steps: int = setting(450, group=OPTIM, help="optimizer steps to train for")
+    batch_size: int = setting(64, group=OPTIM, help=(
+        "images per rank per micro-batch (global batch = this x ranks x --accum-freq)"))
+    accum_freq: int = setting(1, group=OPTIM, help=(
+        "micro-batches per optimizer step; features are accumulated so the loss sees the whole batch"))
+    lr: float = setting(1e-3, group=OPTIM, help="peak learning rate (AdamW)")
+    warmup: int = setting(50, group=OPTIM, help="linear warm-up steps before the cosine decay")
+    weight_decay: float = setting(0.1, group=OPTIM, help=(
+        "AdamW weight decay (never applied to norms, biases, logit scale/bias, A_log, D)"))
+    beta1: float = setting(0.9, group=OPTIM, help="AdamW beta1")
+    beta2: float = setting(0.98, group=OPTIM, help="AdamW beta2")
+    eps: float = setting(1e-6, group=OPTIM, help="AdamW epsilon")
+    grad_clip: float = setting(1.0, group=OPTIM, help=(
+        "clip the global gradient norm to this value (0 disables)"))
+    loss: str = setting("clip", group=OPTIM, choices=LOSSES, help=(
+        "contrastive loss: clip (softmax InfoNCE) or siglip (sigmoid)"))
+    local_loss: bool = setting(False, group=OPTIM, help=(
+        "distributed: each rank computes the loss of its own rows only"))
+    gather_with_grad: bool = setting(True, group=OPTIM, help=(
+        "distributed: back-propagate through the all-gather of features"))
+    precision: str = setting("fp32", group=OPTIM, choices=PRECISIONS, help=(
+        "fp32, bf16 (autocast, CPU or GPU) or fp16 (autocast + GradScaler, GPU only)"))
+    ema_decay: float = setting(0.0, group=OPTIM, help=(
+        "keep an exponential moving average of the weights with this decay and evaluate it (0 "
+        "disables)"))
+    seed: int = setting(0, group=OPTIM, help="seed of weights, data order and augmentation")
+    # evaluation and output
+    eval_every: int = setting(0, group=OUTPUT, help=(
+        "run the quick evaluation every N steps (0: only at the end)"))
+    eval_embedded: bool = setting(False, group=OUTPUT, help=(
+        "evaluate the embedded benchmark's tasks also when training on files or with --val-data"))
+    eval_samples: int = setting(500, group=OUTPUT, help="images per zero-shot task in the quick evaluation")
+    retrieval_samples: int = setting(1000, group=OUTPUT, help="held-out scenes in the retrieval evaluation")
+    log_every: int = setting(10, group=OUTPUT, help="write a metrics.jsonl line every N steps")
+    save_every: int = setting(0, group=OUTPUT, help="write a checkpoint every N steps (0: only at the end)")
+    name: Optional[str] = setting(None, group=OUTPUT, help=(
+        "run name (default: <model>-<loss>); outputs go to <output-dir>/<name>"))
+    output_dir: str = setting("runs", group=OUTPUT, metavar="DIR", help="directory holding runs")
+    resume: Optional[str] = setting(None, group=OUTPUT, metavar="CKPT", help=(
+        "resume from 'latest' (this run's newest checkpoint), a run directory, its checkpoints/ "
+        "directory or a step directory"))
+    resume_override: bool = setting(False, group=OUTPUT, help=(
+        "resume although batch size, lr, schedule, model or other run settings differ from the "
+        "checkpoint's, continuing with the new values"))
+    tensorboard: bool = setting(False, group=OUTPUT, help="also log to TensorBoard under <run>/tensorboard")
+    progress: bool = setting(True, group=OUTPUT, help="show a progress bar")
+    device: str = setting("auto", group=OUTPUT, choices=DEVICES, help=(
+        "auto (GPU when available), cpu or cuda"))
 
     def __post_init__(self) -> None:
         if self.csv_separator in ("tab", "\\t"):
@@ -150,29 +199,12 @@ class TrainConfig(FromDict):
         return super().from_dict(values)
 
 
-def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a YAML or JSON recipe into a dict with underscore keys (dashes accepted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training recipe not found: {path}")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        recipe = json.loads(text)
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        recipe = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"recipe {path} must end in .json, .yaml or .yml")
-    if not isinstance(recipe, dict):
-        raise ValueError(f"recipe {path} must hold a mapping of option: value, got {type(recipe).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in recipe.items()}
-
-
-def resolve_config(explicit: Mapping[str, Any], recipe_path: Optional[str] = None) -> TrainConfig:
-    """Merge defaults, an optional recipe file and explicitly given options (highest priority)."""
-    merged: Dict[str, Any] = load_recipe(recipe_path) if recipe_path else {}
-    merged.update(explicit)
-    if merged.get("train_data") and "data" not in explicit:
-        merged["data"] = "files"
-    return TrainConfig.from_dict(merged)
+def resolve_config(explicit: Mapping[str, Any], recipe_path: Optional[Union[str, Path]] = None) -> TrainConfig:
+    """Merge defaults, an optional recipe file and explicitly given options (highest priority);
+    train_data from either implies data='files' unless data is given explicitly."""
+    explicit = dict(explicit)
+    if "data" not in explicit:
+        recipe = recipe_values(TrainConfig, load_recipe(recipe_path), str(recipe_path)) if recipe_path else {}
+        if explicit.get("train_data") or recipe.get("train_data"):
+            explicit["data"] = "files"
+    return resolve(TrainConfig, explicit, recipe_path)
