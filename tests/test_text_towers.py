@@ -59,6 +59,29 @@ def test_mamba_feature_does_not_change_when_batched_with_longer_captions():
     assert (batched[1] - batched[0]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_mamba_tower_computes_nothing_after_the_longest_caption(pooling):
+    tower = mamba_tower(pooling=pooling).train()
+    g = torch.Generator().manual_seed(5)
+    captions = [caption(7, g), caption(12, g)]
+    captions[1][11] = 0  # a pad-id token as the caption's last one still counts as padding
+    lengths = []
+    tower.backbone.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    padded, tight = pad_batch(captions, length=77), pad_batch(captions)
+    assert tower.trim(padded).shape == (2, 11)
+    out = tower(padded)
+    grads = torch.autograd.grad(out.square().sum(), list(tower.parameters()))
+    assert lengths == [11]
+    tower.trim = lambda ids: ids  # the whole padded batch, as computed without trimming
+    full = tower(padded)
+    full_grads = torch.autograd.grad(full.square().sum(), list(tower.parameters()))
+    assert lengths == [11, 77]
+    torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tower(tight), full, rtol=1e-5, atol=1e-6)
+
+
 def test_mamba_last_pooling_takes_the_last_non_pad_token():
     tower = mamba_tower()
     g = torch.Generator().manual_seed(2)

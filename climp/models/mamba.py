@@ -13,11 +13,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from climp.ops import selective_scan
+from climp.ops import causal_conv1d_silu, selective_scan
 
 from .weights import load_state_dict_strict, read_state_dict
 from ..dataconfig import FromDict
@@ -124,9 +123,8 @@ class MambaMixer(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        length = hidden.shape[1]
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-        x = F.silu(self.conv1d(x)[..., :length])
+        x = causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, d_inner, L)

@@ -113,9 +113,18 @@ class MambaTextTower(nn.Module):
             return (hidden * weights).sum(1) / weights.sum(1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    def trim(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token_ids without the columns after the batch's longest caption: the backbone is causal,
+        so those columns change no pooled feature and need not be computed. Kept whole where
+        values are not at hand (meta device, torch.compile tracing)."""
+        if token_ids.device.type == "meta" or torch.compiler.is_compiling():
+            return token_ids
+        used = (token_ids != self.cfg.pad_id).any(dim=0).nonzero()
+        return token_ids[:, :int(used.max()) + 1]
+
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         check_text_input(token_ids, self.cfg.pad_id, self.cfg.vocab_size)
-        token_ids = token_ids.long()
+        token_ids = self.trim(token_ids.long())
         return self.proj(self.pool(self.backbone(token_ids), token_ids))
 
 

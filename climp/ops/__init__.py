@@ -1,4 +1,5 @@
-"""Selective-scan kernels, the SS2D cross-scan and the fused SS2D op; imports nothing else from climp."""
+"""Selective-scan kernels, the SS2D cross-scan, the fused SS2D op and Mamba's causal conv; imports nothing else from climp."""
+from .causal_conv import causal_conv1d_silu, causal_conv1d_silu_reference
 from .cpu_build import build_cpu_kernel, cpu_kernel_available
 from .cpu_scan import selective_scan_flops
 from .cross_scan import cross_merge, cross_scan
@@ -9,6 +10,8 @@ from .fused_ss2d import fused_ss2d_available, ss2d, ss2d_reference
 __all__ = [
     "BACKENDS",
     "build_cpu_kernel",
+    "causal_conv1d_silu",
+    "causal_conv1d_silu_reference",
     "cpu_kernel_available",
     "cross_merge",
     "cross_scan",

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "parallel.h")
+SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "causal_conv_impl.h",
+           "parallel.h")
 # The translation units among SOURCES (the rest are headers they include).
 C_SOURCES = tuple(name for name in SOURCES if name.endswith(".c"))
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
@@ -147,6 +148,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         ss2d_bwd = getattr(lib, f"ss2d_bwd_{suffix}")
         ss2d_bwd.argtypes = [ptr] * 6 + [i32] + [ptr] * 7 + [i64] * 6 + [i32]
         ss2d_bwd.restype = None
+        conv_fwd = getattr(lib, f"causal_conv_silu_fwd_{suffix}")
+        conv_fwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 4 + [i32]
+        conv_fwd.restype = None
+        conv_bwd = getattr(lib, f"causal_conv_silu_bwd_{suffix}")
+        conv_bwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 6 + [i64] * 4 + [i32]
+        conv_bwd.restype = None
 
 
 def build_cpu_kernel() -> Path:

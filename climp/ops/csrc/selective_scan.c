@@ -11,7 +11,8 @@
  * (fixed work split and summation order, see parallel.h); the forward writes each output once.
  * The forward can also write the last state (batch, dim, state), and the backward take its
  * gradient (both NULL when unused).
- * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers.
+ * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers, and
+ * causal_conv_impl.h Mamba-1's causal depthwise conv1d + SiLU.
  */
 #include <math.h>
 #include <stdint.h>
@@ -178,6 +179,7 @@ static void *scratch_alloc(size_t bytes) {
 #define SUM_PARTIALS climp_sum_partials_f32
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
+#include "causal_conv_impl.h"
 #undef REAL
 #undef VEC
 #undef VEXP
@@ -205,3 +207,4 @@ static void *scratch_alloc(size_t bytes) {
 #define SUM_PARTIALS climp_sum_partials_f64
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
+#include "causal_conv_impl.h"
