@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 Tokenizer = Callable[[List[str]], torch.Tensor]
 
@@ -15,10 +16,17 @@ class ImageTextCollate:
     None entries (samples a source could not load, already counted in its SkipCounter) are
     dropped; a batch with nothing left gives None, which the training loop skips. Padding
     is the tokenizer's: the climp tokenizers pad to the longest caption in the batch.
+
+    sides: multi-resolution training; each batch is resized (antialiased bilinear) to a side
+    drawn uniformly from `sides` with torch's global generator (so a resumed run draws the
+    same sides). Prepare the images at the largest side, so no batch is upsampled.
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, sides: Optional[Sequence[int]] = None):
         self.tokenizer = tokenizer
+        if sides is not None and (not sides or min(sides) < 1):
+            raise ValueError(f"sides must be positive ints, got {sides}")
+        self.sides = tuple(sides) if sides else None
 
     def __call__(self, batch: Sequence[Optional[Tuple[torch.Tensor, str]]]
                  ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -40,4 +48,13 @@ class ImageTextCollate:
         if tokens.dim() != 2 or tokens.shape[0] != len(captions):
             raise ValueError(f"tokenizer returned shape {tuple(tokens.shape)} for "
                              f"{len(captions)} captions; expected (batch, length)")
-        return torch.stack(images), tokens.long()
+        return self.resize(torch.stack(images)), tokens.long()
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch at a side drawn from `sides` (unchanged without sides)."""
+        if self.sides is None:
+            return images
+        side = self.sides[int(torch.randint(len(self.sides), ()))]
+        if images.shape[-2:] == (side, side):
+            return images
+        return F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)

@@ -38,6 +38,8 @@ HELP: Dict[str, str] = {
     "hard_negatives": "synthetic data: share of scenes that come in groups of 8 differing in one "
                       "attribute (in-batch hard negatives)",
     "resolution": "image side length in pixels",
+    "train_sides": "multi-resolution training: comma-separated sides, e.g. 64,96,128; images are "
+                   "prepared at the largest and each batch is resized to a side drawn at random",
     "workers": "data-loader worker processes (0 loads in the main process)",
     "steps": "optimizer steps to train for",
     "batch_size": "images per rank per micro-batch (global batch = this x ranks x --accum-freq)",
@@ -77,7 +79,7 @@ GROUPS = {
     "model": ("model", "grad_checkpointing", "image_pretrained", "text_pretrained", "lock_image",
               "lock_text", "lr_image_mult", "lr_text_mult"),
     "data": ("data", "train_data", "csv_img_key", "csv_caption_key", "csv_separator",
-             "train_samples", "caption_style", "partial_captions", "hard_negatives", "resolution", "workers"),
+             "train_samples", "caption_style", "partial_captions", "hard_negatives", "resolution", "train_sides", "workers"),
     "optimisation": ("steps", "batch_size", "accum_freq", "lr", "warmup", "weight_decay",
                      "beta1", "beta2", "eps", "grad_clip", "loss", "local_loss",
                      "gather_with_grad", "precision", "ema_decay", "seed"),

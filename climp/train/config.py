@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from ..dataconfig import FromDict
 
 LOSSES = ("clip", "siglip")
@@ -45,6 +45,7 @@ class TrainConfig(FromDict):
     partial_captions: float = 0.0
     hard_negatives: float = 0.0
     resolution: int = 64
+    train_sides: Optional[str] = None
     workers: int = 0
     # optimisation
     steps: int = 450
@@ -77,7 +78,16 @@ class TrainConfig(FromDict):
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.train_sides, (list, tuple)):
+            self.train_sides = ",".join(str(v) for v in self.train_sides)
         self.validate()
+
+    @property
+    def sides(self) -> Optional[Tuple[int, ...]]:
+        """The image sides of multi-resolution training (None: every batch at `resolution`)."""
+        if not self.train_sides:
+            return None
+        return tuple(int(v) for v in str(self.train_sides).split(",") if v.strip())
 
     def validate(self) -> None:
         """Raise ValueError naming the first field with an impossible value."""
@@ -109,6 +119,13 @@ class TrainConfig(FromDict):
             raise ValueError(f"partial_captions must be in [0, 1], got {self.partial_captions}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.train_sides:
+            try:
+                sides = self.sides
+            except ValueError:
+                raise ValueError(f"train_sides must be comma-separated ints, got {self.train_sides!r}") from None
+            if not sides or min(sides) < 1:
+                raise ValueError(f"train_sides must be positive ints, got {self.train_sides!r}")
         if self.data not in ("synthetic", "files"):
             raise ValueError(f"data={self.data!r} is not one of ('synthetic', 'files')")
         if self.data == "files" and not self.train_data:

@@ -55,10 +55,13 @@ def build_components(config: TrainConfig) -> TrainComponents:
     import climp
     from climp.data import synthetic
     from climp.data.collate import ImageTextCollate
+    from climp.transforms import image_transform
 
-    model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
+    model, _, preprocess_val = climp.create_model_and_transforms(
         config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
         text_pretrained=config.text_pretrained, **logit_init_overrides(config.loss))
+    train_side = max(config.sides) if config.sides else config.resolution  # batches resized down from it
+    preprocess_train = image_transform(train_side, is_train=True)
     if config.lock_image >= 0:
         model.lock_image_tower(config.lock_image)
     if config.lock_text >= 0:
@@ -66,7 +69,7 @@ def build_components(config: TrainConfig) -> TrainComponents:
     tokenizer = climp.get_tokenizer(model)
     if config.data == "synthetic":
         train_dataset = synthetic.SyntheticScenes(
-            split="train", num_samples=config.train_samples, resolution=config.resolution,
+            split="train", num_samples=config.train_samples, resolution=train_side,
             seed=config.seed, caption_style=config.caption_style, transform=preprocess_train,
             partial_captions=config.partial_captions, hard_negatives=config.hard_negatives)
     else:
@@ -80,7 +83,7 @@ def build_components(config: TrainConfig) -> TrainComponents:
                                         transform=preprocess_val)
     skips = getattr(train_dataset, "skips", None)
     return TrainComponents(model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                           collate_fn=ImageTextCollate(tokenizer), zero_shot_tasks=tasks,
+                           collate_fn=ImageTextCollate(tokenizer, config.sides), zero_shot_tasks=tasks,
                            retrieval_set=retrieval, model_cfg=model.config,
                            skipped_samples=(lambda: skips.total) if skips is not None else (lambda: 0))
 
