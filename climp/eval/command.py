@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cue-conflict-root", default=None, help="Geirhos cue-conflict folder")
     parser.add_argument("--shifts", type=csv_list, default=list(SHIFTS))
     parser.add_argument("--shift-dataset", default=None, help="real dataset for shifts/resolution")
+    parser.add_argument("--resolution-data", default=None,
+                        help="real images for the resolution task: a caption CSV/JSON (image, caption; retrieval) "
+                             "or an ImageFolder with class folders (zero-shot), resized from the files to each side")
     parser.add_argument("--resolution-scales", type=lambda s: [int(v) for v in csv_list(s)], default=[1, 2, 4])
     parser.add_argument("--num-samples", type=int, default=200, help="embedded benchmark samples per task")
     parser.add_argument("--resolution", type=int, default=None, help="embedded benchmark side (default: model's)")
@@ -46,7 +49,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         dataset_root=args.dataset_root, datasets=args.dataset, split=args.split,
         retrieval_file=args.retrieval_file, dense_file=args.dense_file, image_root=args.image_root,
         ood_root=args.ood_root, ood_in_dataset=args.ood_in_dataset, cue_conflict_root=args.cue_conflict_root,
-        shifts=args.shifts, shift_dataset=args.shift_dataset, resolution_scales=args.resolution_scales))
+        shifts=args.shifts, shift_dataset=args.shift_dataset, resolution_scales=args.resolution_scales,
+        resolution_data=args.resolution_data))
 
 
 def run(args: argparse.Namespace) -> int:

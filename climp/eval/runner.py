@@ -3,6 +3,7 @@ tasks on the embedded benchmark and on local real data, returning a JSON-ready d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -47,6 +48,7 @@ class EvalSettings(FromDict):
     shifts: List[str] = field(default_factory=lambda: list(SHIFTS))
     shift_dataset: Optional[str] = None  # a real dataset name from `datasets`; default embedded shape task
     resolution_scales: List[int] = field(default_factory=lambda: [1, 2, 4])
+    resolution_data: Optional[str] = None  # real images for `resolution`: caption CSV/JSON or ImageFolder
     hubness_k: int = 10
 
     def __post_init__(self) -> None:
@@ -61,6 +63,15 @@ def model_image_side(model: torch.nn.Module, default: int = 224) -> int:
     size = getattr(model, "config", {}).get("vision_cfg", {}).get("image_size") if hasattr(model, "config") else None
     size = size or getattr(model.visual, "image_size", None) or default
     return int(size if isinstance(size, int) else size[0])
+
+
+def pixels_at_side(side: int) -> Callable[[Any], torch.Tensor]:
+    """A real image (PIL or tensor) -> float pixels (3, side, side): its short side resized to
+    `side` from the original, then centre-cropped (never upsampled from a smaller copy)."""
+    from torchvision.transforms import v2
+
+    ops = v2.Compose([v2.RGB(), v2.Resize(side, antialias=True), v2.CenterCrop(side)])
+    return lambda image: pixels_from_image(ops(image))
 
 
 def resized(pixels: torch.Tensor, side: int) -> torch.Tensor:
@@ -166,19 +177,31 @@ class Evaluation:
         return {f"{task.name} vs {ood_name}": result}
 
     def resolution(self) -> Dict[str, Any]:
-        def fn_for_side(side: int) -> ImageFn:
-            if self.s.shift_dataset:
-                return image_pipeline(self.to_pixels, self.normalize, lambda x: resized(x, side))
-            return self.embedded_fn
+        """The embedded benchmark (or --shift-dataset) at each side, and --resolution-data if set:
+        a caption CSV/JSON (retrieval) or an ImageFolder (zero-shot), each image resized from the
+        original file to every side."""
+        def real_fn(side: int) -> ImageFn:
+            return image_pipeline(pixels_at_side(side), self.normalize)
         if self.s.shift_dataset:
-            make_task, make_retrieval = (lambda side: self.real_set(self.s.shift_dataset)), None
-            name = self.s.shift_dataset
+            task = self.real_set(self.s.shift_dataset)
+            out = {self.s.shift_dataset: self._resolution(lambda side: task, None, real_fn)}
         else:
-            make_task = lambda side: self.embedded_tasks(side)["shape"]
-            make_retrieval = lambda side: self.embedded_retrieval("short", side)
-            name = EMBEDDED
-        return {name: evaluate_resolution(self.model, self.tokenizer, self.side, self.s.resolution_scales,
-                                          make_task, fn_for_side, make_retrieval, self.s.batch_size)}
+            out = {EMBEDDED: self._resolution(lambda side: self.embedded_tasks(side)["shape"],
+                                              lambda side: self.embedded_retrieval("short", side),
+                                              lambda side: self.embedded_fn)}
+        if self.s.resolution_data:
+            path = Path(self.s.resolution_data)
+            if path.is_dir():
+                folder = real.image_folder_set(path, path.name, None)
+                out[str(path)] = self._resolution(lambda side: folder, None, real_fn)
+            else:
+                captions = real.CaptionDataset(path, self.s.image_root)
+                out[str(path)] = self._resolution(None, lambda side: captions, real_fn)
+        return out
+
+    def _resolution(self, make_task, make_retrieval, fn_for_side) -> Dict[str, Any]:
+        return evaluate_resolution(self.model, self.tokenizer, self.side, self.s.resolution_scales, make_task,
+                                   fn_for_side, make_retrieval, self.s.batch_size)
 
     def dense(self) -> Dict[str, Any]:
         out = {f"{EMBEDDED}/dense": evaluate_dense_retrieval(self.model, self.tokenizer,
