@@ -7,6 +7,7 @@ their context length, and truncation keeps the end-of-text token last, as open_c
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
@@ -30,6 +31,19 @@ def _as_list(texts: Texts) -> List[str]:
     return texts
 
 
+_SPACES = re.compile(r"\s+")
+_TRAILING_PUNCT = re.compile(r"[\s.!?,;:]+$")
+
+
+def normalize_caption(text: str) -> str:
+    """A caption's format rule for our own Mamba text towers: lower case, single spaces, no
+    trailing punctuation. Last-token pooling reads the state after the final token, so without
+    this a trailing full stop (or its absence) moves the feature; with it, captions that differ
+    only in that format tokenize identically."""
+    stripped = _TRAILING_PUNCT.sub("", _SPACES.sub(" ", text).strip().lower())
+    return stripped or text.strip().lower()
+
+
 def pad_sequences(sequences: List[List[int]], pad_id: int) -> torch.Tensor:
     """Right-pad token lists with pad_id to the longest one: (batch, longest) long tensor."""
     longest = max(len(s) for s in sequences)
@@ -40,14 +54,16 @@ def pad_sequences(sequences: List[List[int]], pad_id: int) -> torch.Tensor:
 
 
 class ClipBpeTokenizer:
-    """open_clip's byte-level BPE with start/end-of-text tokens and dynamic padding."""
+    """open_clip's byte-level BPE with start/end-of-text tokens and dynamic padding;
+    normalize: apply `normalize_caption` first (a model config's "normalize_captions")."""
 
     pad_id = 0
 
-    def __init__(self, max_length: Optional[int] = None):
+    def __init__(self, max_length: Optional[int] = None, normalize: bool = False):
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2 (start and end tokens), got {max_length}")
         self.max_length = max_length
+        self.normalize = normalize
         self.bpe = SimpleTokenizer(context_length=None)
         self.sot_id = self.bpe.sot_token_id
         self.eot_id = self.bpe.eot_token_id
@@ -55,6 +71,8 @@ class ClipBpeTokenizer:
 
     def encode(self, text: str) -> List[int]:
         """Token ids of one caption with start and end tokens, truncated to max_length if set."""
+        if self.normalize:
+            text = normalize_caption(text)
         ids = [self.sot_id] + self.bpe.encode(text) + [self.eot_id]
         if self.max_length is not None and len(ids) > self.max_length:
             ids = ids[: self.max_length - 1] + [self.eot_id]
@@ -62,7 +80,7 @@ class ClipBpeTokenizer:
 
     def num_tokens(self, text: str) -> int:
         """Untruncated length of a caption in tokens, start and end included."""
-        return len(self.bpe.encode(text)) + 2
+        return len(self.bpe.encode(normalize_caption(text) if self.normalize else text)) + 2
 
     def __call__(self, texts: Texts) -> torch.Tensor:
         return pad_sequences([self.encode(t) for t in _as_list(texts)], self.pad_id)
@@ -77,7 +95,7 @@ class HFTokenizer:
     appended, so last-token pooling reads a representation of the whole caption."""
 
     def __init__(self, path: Union[str, Path], eos_token: str = "<|endoftext|>", pad_token: str = "<|padding|>",
-                 max_length: Optional[int] = None):
+                 max_length: Optional[int] = None, normalize: bool = False):
         from tokenizers import Tokenizer
 
         path = Path(path)
@@ -90,6 +108,7 @@ class HFTokenizer:
         if self.pad_id == self.eot_id:
             raise ValueError("pad and end-of-text tokens must differ for last-token pooling")
         self.max_length = max_length
+        self.normalize = normalize
         self.vocab_size = self.tok.get_vocab_size()
 
     def _token_id(self, token: str) -> int:
@@ -99,12 +118,15 @@ class HFTokenizer:
         return token_id
 
     def encode(self, text: str) -> List[int]:
+        if self.normalize:
+            text = normalize_caption(text)
         ids = self.tok.encode(text, add_special_tokens=False).ids + [self.eot_id]
         if self.max_length is not None and len(ids) > self.max_length:
             ids = ids[: self.max_length - 1] + [self.eot_id]
         return ids
 
     def num_tokens(self, text: str) -> int:
+        text = normalize_caption(text) if self.normalize else text
         return len(self.tok.encode(text, add_special_tokens=False).ids) + 1
 
     def __call__(self, texts: Texts) -> torch.Tensor:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     for name, ckpt in zip(args.model, checkpoints):
         model, _, preprocess = climp.create_model_and_transforms(name, pretrained=ckpt)
         model.to(args.device)
-        results[name] = evaluate(model, climp.get_tokenizer(name), preprocess, args.tasks, settings)
+        results[name] = evaluate(model, climp.get_tokenizer(model), preprocess, args.tasks, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"settings": vars(settings), "models": dict(zip(args.model, checkpoints)), "results": results}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2))

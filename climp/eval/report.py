@@ -103,6 +103,11 @@ def write_report(results: Dict[str, Dict[str, Any]], out_dir: Path) -> Path:
                     for side, row in res["sides"].items()}
             lines += scalar_table(rows) + ["", "![resolution scaling](resolution.png)", ""]
             continue
+        if task == "caption_shifts":
+            rows = {f"{m} / {d} / {name}": row for m, r in per_model.items() for d, res in r.items()
+                    for name, row in res["shifts"].items()}
+            lines += scalar_table(rows) + [""]
+            continue
         rows = {f"{m} / {d}": metrics for m, r in per_model.items() for d, metrics in r.items()}
         lines += scalar_table(rows) + [""]
     path = out_dir / "report.md"

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import datasets as real
+from .caption_shifts import evaluate_caption_shifts
 from .dense_captions import evaluate_dense_retrieval
 from .features import ImageFn, class_embeddings, clip_normalize, image_pipeline, pixels_from_image, split_preprocess
 from .hubness import evaluate_hubness
@@ -22,7 +23,8 @@ from .spurious import evaluate_spurious
 from .zeroshot import evaluate_zero_shot, zero_shot_logits
 from ..dataconfig import FromDict
 
-TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
+TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias",
+         "caption_shifts")
 EMBEDDED = "embedded"
 
 
@@ -220,6 +222,16 @@ class Evaluation:
             data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
             out[self.s.retrieval_file] = evaluate_hubness(self.model, self.tokenizer, data, self.real_fn,
                                                           self.s.batch_size, self.s.hubness_k)
+        return out
+
+    def caption_shifts(self) -> Dict[str, Any]:
+        """Retrieval with the captions' format rewritten (punctuation, case, spaces)."""
+        out = {f"{EMBEDDED}/short": evaluate_caption_shifts(self.model, self.tokenizer, self.embedded_retrieval(),
+                                                            self.embedded_fn, self.s.batch_size)}
+        if self.s.retrieval_file:
+            data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
+            out[self.s.retrieval_file] = evaluate_caption_shifts(self.model, self.tokenizer, data, self.real_fn,
+                                                                 self.s.batch_size)
         return out
 
     def shape_bias(self) -> Dict[str, Any]:

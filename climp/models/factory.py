@@ -58,12 +58,14 @@ def merge_overrides(cfg: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
 
 def model_from_config(cfg: Dict[str, Any]) -> CLIP:
     """Build a CLIP from a config dict (embed_dim, vision_cfg, text_cfg, optional logit inits,
-    optional `tokenizer`: a directory or file holding a language model's tokenizer.json)."""
-    known = {"embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias", "tokenizer"}
+    optional `tokenizer`: a directory or file holding a language model's tokenizer.json, optional
+    `normalize_captions`: the tokenizer applies `climp.tokenizer.normalize_caption` first)."""
+    known = {"embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias", "tokenizer",
+             "normalize_captions"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-    model = CLIP(**{k: v for k, v in cfg.items() if k != "tokenizer"})
+    model = CLIP(**{k: v for k, v in cfg.items() if k not in ("tokenizer", "normalize_captions")})
     model.config = copy.deepcopy(cfg)
     return model
 
@@ -146,9 +148,10 @@ def get_tokenizer(name: Union[str, Path, CLIP]) -> Union[ClipBpeTokenizer, HFTok
         cfg = get_model_config(name)
     text_cfg = cfg["text_cfg"]
     max_length = text_cfg.get("context_length", 77) if text_cfg.get("type") == "transformer" else None
+    normalize = bool(cfg.get("normalize_captions", False))
     if cfg.get("tokenizer"):
-        return HFTokenizer(cfg["tokenizer"], max_length=max_length)
-    return ClipBpeTokenizer(max_length=max_length)
+        return HFTokenizer(cfg["tokenizer"], max_length=max_length, normalize=normalize)
+    return ClipBpeTokenizer(max_length=max_length, normalize=normalize)
 
 
 def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.device]] = None) -> CLIP:
