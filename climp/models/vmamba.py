@@ -23,7 +23,7 @@ from ..dataconfig import FromDict
 from .validation import check_images
 
 NUM_DIRECTIONS = 4
-POOLS = ("avg", "attn", "pyramid", "pyramid_avg")
+POOLS = ("avg", "attn", "pyramid", "pyramid_avg", "pyramid_grid")
 # Parameter-name prefixes of the tower's output head: final norm(s), pooling and projection.
 HEAD_PREFIXES = ("norm.", "stage_norms.", "attn_pool.", "head.")
 
@@ -107,6 +107,12 @@ class VMambaConfig(FromDict):
                              f"width {self.dims[-1]}")
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
             raise ValueError(f"dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+
+    @property
+    def image_hw(self) -> Tuple[int, int]:
+        """The nominal (training) image size as (height, width)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     @property
     def total_stride(self) -> int:
@@ -349,7 +355,11 @@ class VMambaVisionTower(nn.Module):
         local response. On the embedded benchmark's single-object scenes a supervised
         climp-tiny tower reaches colour 100% (avg: 16%) in 300 steps, position 100% either way.
         A maximum over locations grows with their number, so it is not scale-invariant;
-      * "pyramid_avg": the same per-stage normed maps, averaged over locations (scale-invariant).
+      * "pyramid_avg": the same per-stage normed maps, averaged over locations (scale-invariant);
+      * "pyramid_grid": as "pyramid", but a map larger than the stage's map at `image_size` is
+        first average-pooled to that size, so the maximum runs over as many locations, each
+        covering the same share of the image, at any input side (same parameters as "pyramid";
+        identical at `image_size`).
     """
 
     def __init__(self, cfg: VMambaConfig, embed_dim: int) -> None:
@@ -409,12 +419,23 @@ class VMambaVisionTower(nn.Module):
         """Each stage's map (before its downsample), normed, max- or mean-pooled, concatenated."""
         pooled = []
         norms = list(self.stage_norms) + [self.norm]
-        reduce = torch.amax if self.cfg.pool == "pyramid" else torch.mean
-        for stage, norm in zip(self.layers, norms):
+        for i, (stage, norm) in enumerate(zip(self.layers, norms)):
             x = stage.run_blocks(x)
-            pooled.append(reduce(norm(x), dim=(1, 2)))
+            pooled.append(self._pool_stage(norm(x), i))
             x = stage.downsample(x)
         return torch.cat(pooled, dim=-1)
+
+    def _pool_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """One stage's normed map (batch, H, W, C) -> (batch, C) by the pyramid pooling's reduction."""
+        if self.cfg.pool == "pyramid_avg":
+            return x.mean(dim=(1, 2))
+        if self.cfg.pool == "pyramid_grid":
+            stride = self.cfg.patch_size * 2 ** stage
+            height, width = (max(1, s // stride) for s in self.cfg.image_hw)
+            if x.shape[1] > height or x.shape[2] > width:
+                grid = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), (min(height, x.shape[1]), min(width, x.shape[2])))
+                return grid.amax(dim=(2, 3))
+        return x.amax(dim=(1, 2))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))
