@@ -132,7 +132,7 @@ class Tok:
 
 def test_climp_eval_runs_only_the_named_data(own_data):
     settings = EvalSettings.from_dict(dict(retrieval_file=str(own_data / "val.csv"), batch_size=4))
-    assert settings.tasks_with_data() == ["retrieval", "hubness"]
+    assert settings.tasks_with_data() == ["retrieval", "hubness", "caption_shifts"]
     result = evaluate(TinyClip(), Tok(), None, ["retrieval"], settings)
     assert list(result["retrieval"]) == [str(own_data / "val.csv")]  # no embedded/short
     with pytest.raises(ValueError, match=r"\['spurious'\] have no data"):

@@ -157,7 +157,8 @@ def fake_bench(model):
     return {"image": {str(s): entry(s) for s in (64, 128)}, "text": {str(n): entry(n) for n in (16, 32)}}
 
 
-QUALITY = {"climp-tiny": 0.8, "clip-vit-tiny": 0.5, "climp-mamba1d-tiny": 0.6}
+QUALITY = {"climp-tiny-paper": 0.8, "climp-tiny": 0.7, "clip-vit-tiny": 0.5, "climp-mamba1d-tiny": 0.6}
+CLAIM_MODELS = ["climp-tiny-paper", *MODELS]
 
 
 class FakeStages:
@@ -194,8 +195,9 @@ def small_preset(**changes):
 # ---------------------------------------------------------------------------- claims from results
 def test_claims_from_fake_runs():
     runs = {m: {str(s): {"eval": fake_eval(QUALITY[m], s), "hessian": fake_hessian(2.0 if "climp" in m else 1.0)}
-                for s in (0, 1, 2)} for m in MODELS}
-    results = {c["id"]: c for c in claims.evaluate_claims(claims.all_claims(MODELS), runs)}
+                for s in (0, 1, 2)} for m in CLAIM_MODELS}
+    results = {c["id"]: c for c in claims.evaluate_claims(claims.all_claims(CLAIM_MODELS), runs)}
+    assert results["climp-retrieval"]["checks"][0]["subject"] == "climp-tiny-paper"
     assert results["climp-retrieval"]["verdict"] == HOLDS  # 0.81 vs 0.51, std 0.01 each
     assert results["climp-hubness"]["verdict"] == HOLDS  # skewness 1.19 < 1.49
     # FLOPs are lower for climp (1e6/0.8 < 1e6/0.5), memory equal -> inconclusive, retrieval better
@@ -209,8 +211,13 @@ def test_claims_from_fake_runs():
     zs = results["clip-mamba-zeroshot-climp-mamba1d-tiny"]
     assert zs["verdict"] == HOLDS and len(zs["details"]) == 4
     # shifts that were not evaluated are reported as not measured, not as failures
-    details = {c["metric"]: c["verdict"] for c in results["clip-mamba-shifts-climp-tiny"]["details"]}
+    details = {c["metric"]: c["verdict"] for c in results["clip-mamba-shifts-climp-tiny-paper"]["details"]}
     assert details["shift_contrast"] == HOLDS and details["shift_rotation"] == NOT_MEASURED
+    # the pyramid variant: the same claims in extra rows, named as a variant, never replacing the paper's
+    variant = results["climp-retrieval-climp-tiny"]
+    assert variant["checks"][0]["subject"] == "climp-tiny" and variant["verdict"] == HOLDS  # 0.71 vs 0.51
+    assert variant["statement"].startswith("[variant: pyramid pooling]") and "not the paper's" in variant["caveat"]
+    assert "clip-mamba-shifts-climp-tiny" in results
 
 
 def test_claims_need_their_models():
@@ -218,6 +225,9 @@ def test_claims_need_their_models():
     assert ids == {"clip-mamba-zeroshot-climp-mamba1d-tiny", "clip-mamba-shifts-climp-mamba1d-tiny",
                    "clip-mamba-hessian-climp-mamba1d-tiny"}
     assert claims.all_claims(["climp-tiny"]) == []
+    variant_only = claims.all_claims(["climp-tiny", "clip-vit-tiny"])
+    assert variant_only and all(c.id.endswith("-climp-tiny") and "[variant" in c.statement for c in variant_only)
+    assert presets.DEFAULT_MODELS[0] == claims.CLIMP_MODEL == "climp-tiny-paper"
 
 
 # ---------------------------------------------------------------------------- presets
@@ -321,21 +331,22 @@ def test_train_stage_resumes_from_latest_and_trains_on_the_spurious_split(tmp_pa
 
 # ---------------------------------------------------------------------------- report
 def test_report_has_tables_plots_and_json(tmp_path):
-    results = reproduce("smoke", MODELS, tmp_path, seeds=[0, 1, 2], progress=False,
+    results = reproduce("smoke", CLAIM_MODELS, tmp_path, seeds=[0, 1, 2], progress=False,
                         stage_functions=FakeStages().functions())
     text = (tmp_path / "REPORT.md").read_text()
     assert "## Verdicts" in text and "| paper | claim |" in text
     assert "better cross-modal retrieval than CLIP-ViT" in text and "✅ holds" in text
-    assert "0.810 ± 0.010" in text  # climp retrieval i->t over seeds: 0.80, 0.81, 0.82
-    assert "Tower parameters: climp-tiny 0.00M (image 0.00M, text 0.00M)" in text
+    assert "0.810 ± 0.010" in text  # climp-tiny-paper retrieval i->t over seeds: 0.80, 0.81, 0.82
+    assert "[variant: pyramid pooling]" in text
+    assert "Tower parameters: climp-tiny-paper 0.00M (image 0.00M, text 0.00M)" in text
     assert "## Metrics per model" in text and "## Efficiency benchmark" in text
     for png in ("metrics.png", "shifts.png", "resolution.png", "hessian_density.png", "efficiency.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
         assert f"]({png})" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["preset"] == "smoke" and saved["seeds"] == [0, 1, 2]
-    assert {c["id"] for c in saved["claims"]} == {c.id for c in claims.all_claims(MODELS)}
-    assert saved["metrics"]["retrieval_i2t_R@1"]["climp-tiny"]["values"] == pytest.approx([0.8, 0.81, 0.82])
+    assert {c["id"] for c in saved["claims"]} == {c.id for c in claims.all_claims(CLAIM_MODELS)}
+    assert saved["metrics"]["retrieval_i2t_R@1"]["climp-tiny-paper"]["values"] == pytest.approx([0.8, 0.81, 0.82])
     summary = report.summary_text(results)
     assert summary.count("\n") == len(results["claims"]) and "holds" in summary
 

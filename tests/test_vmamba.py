@@ -250,6 +250,50 @@ def test_pyramid_pool_concatenates_each_stage_max_of_its_normed_map():
     assert tower(torch.randn(1, 3, 32, 32)).shape == (1, 8)  # any divisible size
 
 
+def test_pyramid_avg_pool_is_each_stage_mean_of_its_normed_map():
+    """pool="pyramid_avg": as "pyramid" with the mean over locations instead of the maximum, so
+    a map repeated 2x2 (as a scene seen at twice the side, at the level of the maps) pools the
+    same."""
+    torch.manual_seed(7)
+    tower = VMambaVisionTower(tiny_config(pool="pyramid_avg"), embed_dim=8).eval()
+    assert tower.num_features == 16 + 32 + 64 + 128 == tower.head.in_features
+    maps = []
+    for stage in tower.layers:
+        stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        pooled = tower.forward_features(images)
+    norms = list(tower.stage_norms) + [tower.norm]
+    normed = [F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps) for m, n in zip(maps, norms)]
+    torch.testing.assert_close(pooled, torch.cat([m.mean(dim=(1, 2)) for m in normed], dim=-1))
+    tiled = [m.repeat(1, 2, 2, 1) for m in normed]
+    torch.testing.assert_close(torch.cat([t.mean(dim=(1, 2)) for t in tiled], -1), pooled)
+
+
+def test_pyramid_grid_pool_maxes_over_the_training_grid():
+    """pool="pyramid_grid": identical to "pyramid" at image_size; at twice the side each stage's
+    normed map is average-pooled back to its size at image_size before the maximum."""
+    torch.manual_seed(8)
+    grid = VMambaVisionTower(tiny_config(pool="pyramid_grid", image_size=32), embed_dim=8).eval()
+    plain = VMambaVisionTower(tiny_config(pool="pyramid", image_size=32), embed_dim=8).eval()
+    plain.load_state_dict(grid.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grid.forward_features(images), plain.forward_features(images))
+    maps = []
+    for stage in grid.layers:
+        stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
+    large = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = grid.forward_features(large)
+    norms = list(grid.stage_norms) + [grid.norm]
+    expected = []
+    for m, n in zip(maps, norms):  # maps 16, 8, 4, 2 wide at 64 px; 8, 4, 2, 1 at 32 px
+        normed = F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps).permute(0, 3, 1, 2)
+        expected.append(F.avg_pool2d(normed, 2).flatten(2).max(dim=2).values)
+    torch.testing.assert_close(pooled, torch.cat(expected, dim=-1))
+
+
 def test_pool_options_are_validated():
     with pytest.raises(ValueError, match="pool"):
         tiny_config(pool="max")

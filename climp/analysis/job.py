@@ -78,7 +78,7 @@ def load_model(name: str, checkpoint: Optional[str], resolution: Optional[int], 
     if checkpoint is not None and not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     model, _, preprocess = climp.create_model_and_transforms(name, pretrained=checkpoint, image_size=resolution)
-    return model.to(device), preprocess, climp.get_tokenizer(name), resolution or image_size_of(model)[0]
+    return model.to(device), preprocess, climp.get_tokenizer(model), resolution or image_size_of(model)[0]
 
 
 def unique_label(name: str, checkpoint: Optional[str], taken: Dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .sources import Skipped
 
@@ -84,11 +85,19 @@ class ImageTextCollate:
     the batch (`batch.skipped`), so the main process can count them even when they were met in
     a DataLoader worker; a batch with nothing left is empty. Captions are capped at
     `max_tokens` (None: no cap) and padded to the longest caption in the batch.
+
+    sides: multi-resolution training; each batch is resized (antialiased bilinear) to a side
+    drawn uniformly from `sides` with torch's global generator (so a resumed run draws the
+    same sides). Prepare the images at the largest side, so no batch is upsampled.
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: Optional[int] = None):
+    def __init__(self, tokenizer: Tokenizer, max_tokens: Optional[int] = None,
+                 sides: Optional[Sequence[int]] = None):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        if sides is not None and (not sides or min(sides) < 1):
+            raise ValueError(f"sides must be positive ints, got {sides}")
+        self.sides = tuple(sides) if sides else None
 
     def __call__(self, batch: Sequence[Optional[Tuple[torch.Tensor, str]]]) -> Batch:
         skipped = [sample for sample in batch if isinstance(sample, Skipped)]
@@ -110,4 +119,13 @@ class ImageTextCollate:
         if tokens.dim() != 2 or tokens.shape[0] != len(captions):
             raise ValueError(f"tokenizer returned shape {tuple(tokens.shape)} for "
                              f"{len(captions)} captions; expected (batch, length)")
-        return Batch((torch.stack(images), tokens.long()), skipped, truncated)
+        return Batch((self.resize(torch.stack(images)), tokens.long()), skipped, truncated)
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch at a side drawn from `sides` (unchanged without sides)."""
+        if self.sides is None:
+            return images
+        side = self.sides[int(torch.randint(len(self.sides), ()))]
+        if images.shape[-2:] == (side, side):
+            return images
+        return F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)

@@ -57,19 +57,21 @@ def plot_shifts(results: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 def plot_resolution(results: Dict[str, Dict[str, Any]], path: Path) -> None:
     """Accuracy, FLOPs and memory against the image side, one line per model."""
-    keys = [("zero_shot_top1", "zero-shot top-1"), ("flops_per_image", "FLOPs / image"),
+    keys = [("zero_shot_top1", "zero-shot top-1"), ("image_to_text_R@1", "image->text R@1"),
+            ("flops_per_image", "FLOPs / image"),
             ("peak_activation_bytes", "peak activation bytes")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     for model, per_data in results.items():
         for data, r in per_data.items():
             sides = sorted(r["sides"], key=int)
             for ax, (key, label) in zip(axes, keys):
-                ax.plot([int(s) for s in sides], [r["sides"][s][key] for s in sides], marker="o",
+                kept = [s for s in sides if key in r["sides"][s]]
+                ax.plot([int(s) for s in kept], [r["sides"][s][key] for s in kept], marker="o",
                         label=f"{model} ({data})")
                 ax.set_xscale("log", base=2)
                 ax.set_xlabel("image side")
                 ax.set_ylabel(label)
-                if key != "zero_shot_top1":
+                if key in ("flops_per_image", "peak_activation_bytes"):
                     ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -100,6 +102,11 @@ def write_report(results: Dict[str, Dict[str, Any]], out_dir: Path) -> Path:
             rows = {f"{m} / {d} / {side}px": row for m, r in per_model.items() for d, res in r.items()
                     for side, row in res["sides"].items()}
             lines += scalar_table(rows) + ["", "![resolution scaling](resolution.png)", ""]
+            continue
+        if task == "caption_shifts":
+            rows = {f"{m} / {d} / {name}": row for m, r in per_model.items() for d, res in r.items()
+                    for name, row in res["shifts"].items()}
+            lines += scalar_table(rows) + [""]
             continue
         rows = {f"{m} / {d}": metrics for m, r in per_model.items() for d, metrics in r.items()}
         lines += scalar_table(rows) + [""]

@@ -3,12 +3,14 @@ tasks on the embedded benchmark and on local real data, returning a JSON-ready d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import datasets as real
+from .caption_shifts import evaluate_caption_shifts
 from .dense_captions import evaluate_dense_retrieval
 from .features import ImageFn, class_embeddings, clip_normalize, image_pipeline, pixels_from_image, split_preprocess
 from .hubness import evaluate_hubness
@@ -22,14 +24,15 @@ from .zeroshot import evaluate_zero_shot, zero_shot_logits
 from ..dataconfig import FromDict
 from ..settings import setting
 
-TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
+TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias",
+         "caption_shifts")
 # Tasks that run on local files only (not part of the default task list).
 FILE_TASKS = ("nocaps",)
 # The settings naming each task's local data (the embedded benchmark serves every task in TASKS).
 TASK_DATA = {"zeroshot": ("datasets",), "retrieval": ("retrieval_file",), "shifts": ("shift_dataset",),
-             "spurious": (), "ood": ("ood_in_dataset",), "resolution": ("shift_dataset",),
+             "spurious": (), "ood": ("ood_in_dataset",), "resolution": ("shift_dataset", "resolution_data"),
              "dense": ("dense_file",), "hubness": ("retrieval_file",), "shape_bias": ("cue_conflict_root",),
-             "nocaps": ("nocaps_file",)}
+             "caption_shifts": ("retrieval_file",), "nocaps": ("nocaps_file",)}
 RETRIEVAL_KS = (1, 5, 10)
 EMBEDDED = "embedded"
 SIZES, DATA, TASK_OPTIONS = "sizes", "data", "task options"
@@ -71,6 +74,9 @@ class EvalSettings(FromDict):
         "real dataset (from --dataset) for shifts/resolution (default: the embedded shape task)"))
     resolution_scales: List[int] = setting(default_factory=lambda: [1, 2, 4], group=TASK_OPTIONS, help=(
         "multiples of the model's side in the resolution task"))
+    resolution_data: Optional[str] = setting(None, group=DATA, metavar="PATH", help=(
+        "real images for the resolution task: a caption CSV/JSON (image, caption; retrieval) or an "
+        "ImageFolder with class folders (zero-shot), resized from the files to each side"))
     hubness_k: int = setting(10, group=TASK_OPTIONS, help="neighbourhood size of the hubness task")
     embedded: Optional[bool] = setting(None, group=DATA, help=(
         "evaluate the embedded benchmark too (default: only when no local data is named)"))
@@ -80,7 +86,7 @@ class EvalSettings(FromDict):
         if self.embedded is not None:
             return self.embedded
         return not any((self.datasets, self.retrieval_file, self.nocaps_file, self.dense_file, self.ood_root,
-                        self.ood_in_dataset, self.cue_conflict_root, self.shift_dataset))
+                        self.ood_in_dataset, self.cue_conflict_root, self.shift_dataset, self.resolution_data))
 
     def tasks_with_data(self) -> List[str]:
         """The tasks that have data to run on under these settings."""
@@ -113,6 +119,15 @@ def model_image_side(model: torch.nn.Module, default: int = 224) -> int:
     size = getattr(model, "config", {}).get("vision_cfg", {}).get("image_size") if hasattr(model, "config") else None
     size = size or getattr(model.visual, "image_size", None) or default
     return int(size if isinstance(size, int) else size[0])
+
+
+def pixels_at_side(side: int) -> Callable[[Any], torch.Tensor]:
+    """A real image (PIL or tensor) -> float pixels (3, side, side): its short side resized to
+    `side` from the original, then centre-cropped (never upsampled from a smaller copy)."""
+    from torchvision.transforms import v2
+
+    ops = v2.Compose([v2.RGB(), v2.Resize(side, antialias=True), v2.CenterCrop(side)])
+    return lambda image: pixels_from_image(ops(image))
 
 
 def resized(pixels: torch.Tensor, side: int) -> torch.Tensor:
@@ -234,19 +249,32 @@ class Evaluation:
         return {f"{task.name} vs {ood_name}": result}
 
     def resolution(self) -> Dict[str, Any]:
-        def fn_for_side(side: int) -> ImageFn:
-            if self.s.shift_dataset:
-                return image_pipeline(self.to_pixels, self.normalize, lambda x: resized(x, side))
-            return self.embedded_fn
+        """The embedded benchmark (or --shift-dataset) at each side, and --resolution-data if set:
+        a caption CSV/JSON (retrieval) or an ImageFolder (zero-shot), each image resized from the
+        original file to every side."""
+        def real_fn(side: int) -> ImageFn:
+            return image_pipeline(pixels_at_side(side), self.normalize)
+        out = {}
         if self.s.shift_dataset:
-            make_task, make_retrieval = (lambda side: self.real_set(self.s.shift_dataset)), None
-            name = self.s.shift_dataset
-        else:
-            make_task = lambda side: self.embedded_tasks(side)["shape"]
-            make_retrieval = lambda side: self.embedded_retrieval("short", side)
-            name = EMBEDDED
-        return {name: evaluate_resolution(self.model, self.tokenizer, self.side, self.s.resolution_scales,
-                                          make_task, fn_for_side, make_retrieval, self.s.batch_size)}
+            task = self.real_set(self.s.shift_dataset)
+            out[self.s.shift_dataset] = self._resolution(lambda side: task, None, real_fn)
+        elif self.s.use_embedded:
+            out[EMBEDDED] = self._resolution(lambda side: self.embedded_tasks(side)["shape"],
+                                             lambda side: self.embedded_retrieval("short", side),
+                                             lambda side: self.embedded_fn)
+        if self.s.resolution_data:
+            path = Path(self.s.resolution_data)
+            if path.is_dir():
+                folder = real.image_folder_set(path, path.name, None)
+                out[str(path)] = self._resolution(lambda side: folder, None, real_fn)
+            else:
+                captions = real.CaptionDataset(path, self.s.image_root)
+                out[str(path)] = self._resolution(None, lambda side: captions, real_fn)
+        return out
+
+    def _resolution(self, make_task, make_retrieval, fn_for_side) -> Dict[str, Any]:
+        return evaluate_resolution(self.model, self.tokenizer, self.side, self.s.resolution_scales, make_task,
+                                   fn_for_side, make_retrieval, self.s.batch_size)
 
     def dense(self) -> Dict[str, Any]:
         out = {}
@@ -269,6 +297,18 @@ class Evaluation:
             data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
             out[self.s.retrieval_file] = evaluate_hubness(self.model, self.tokenizer, data, self.real_fn,
                                                           self.s.batch_size, self.s.hubness_k)
+        return out
+
+    def caption_shifts(self) -> Dict[str, Any]:
+        """Retrieval with the captions' format rewritten (punctuation, case, spaces)."""
+        out = {}
+        if self.s.use_embedded:
+            out[f"{EMBEDDED}/short"] = evaluate_caption_shifts(self.model, self.tokenizer, self.embedded_retrieval(),
+                                                               self.embedded_fn, self.s.batch_size)
+        if self.s.retrieval_file:
+            data = real.CaptionDataset(self.s.retrieval_file, self.s.image_root)
+            out[self.s.retrieval_file] = evaluate_caption_shifts(self.model, self.tokenizer, data, self.real_fn,
+                                                                 self.s.batch_size)
         return out
 
     def shape_bias(self) -> Dict[str, Any]:

@@ -25,7 +25,7 @@ from .mamba import at_least_float32
 from .validation import check_images
 
 NUM_DIRECTIONS = 4
-POOLS = ("avg", "attn", "pyramid")
+POOLS = ("avg", "attn", "pyramid", "pyramid_avg", "pyramid_grid")
 # Parameter-name prefixes of the tower's output head: final norm(s), pooling and projection.
 HEAD_PREFIXES = ("norm.", "stage_norms.", "attn_pool.", "head.")
 
@@ -110,6 +110,12 @@ class VMambaConfig(FromDict):
                              f"width {self.dims[-1]}")
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
             raise ValueError(f"dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+
+    @property
+    def image_hw(self) -> Tuple[int, int]:
+        """The nominal (training) image size as (height, width)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     @property
     def total_stride(self) -> int:
@@ -347,6 +353,12 @@ class VMambaVisionTower(nn.Module):
         wide receptive fields; the per-stage maximum hands the head each stage's strongest
         local response. On the embedded benchmark's single-object scenes a supervised
         climp-tiny tower reaches colour 100% (avg: 16%) in 300 steps, position 100% either way.
+        A maximum over locations grows with their number, so it is not scale-invariant;
+      * "pyramid_avg": the same per-stage normed maps, averaged over locations (scale-invariant);
+      * "pyramid_grid": as "pyramid", but a map larger than the stage's map at `image_size` is
+        first average-pooled to that size, so the maximum runs over as many locations, each
+        covering the same share of the image, at any input side (same parameters as "pyramid";
+        identical at `image_size`).
     """
 
     def __init__(self, cfg: VMambaConfig, embed_dim: int) -> None:
@@ -368,13 +380,13 @@ class VMambaVisionTower(nn.Module):
                           if cfg.pool == "attn" else None)
         # "pyramid": the earlier stages' norms (the last stage uses `norm`).
         self.stage_norms = (nn.ModuleList(nn.LayerNorm(d, eps=cfg.norm_eps) for d in dims[:-1])
-                            if cfg.pool == "pyramid" else None)
+                            if cfg.pool.startswith("pyramid") else None)
         self.head = nn.Linear(self.num_features, embed_dim, bias=self.cfg.proj_bias)
         self.apply(init_weights)
 
     @property
     def num_features(self) -> int:
-        return sum(self.cfg.dims) if self.cfg.pool == "pyramid" else self.cfg.dims[-1]
+        return sum(self.cfg.dims) if self.cfg.pool.startswith("pyramid") else self.cfg.dims[-1]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each VSS block in backward instead of storing its activations."""
@@ -403,14 +415,26 @@ class VMambaVisionTower(nn.Module):
         return self.attn_pool(x.flatten(1, 2)).squeeze(1)
 
     def _pyramid_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Each stage's map (before its downsample), normed and max-pooled, concatenated."""
+        """Each stage's map (before its downsample), normed, max- or mean-pooled, concatenated."""
         pooled = []
         norms = list(self.stage_norms) + [self.norm]
-        for stage, norm in zip(self.layers, norms):
+        for i, (stage, norm) in enumerate(zip(self.layers, norms)):
             x = stage.run_blocks(x)
-            pooled.append(norm(x).amax(dim=(1, 2)))
+            pooled.append(self._pool_stage(norm(x), i))
             x = stage.downsample(x)
         return torch.cat(pooled, dim=-1)
+
+    def _pool_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """One stage's normed map (batch, H, W, C) -> (batch, C) by the pyramid pooling's reduction."""
+        if self.cfg.pool == "pyramid_avg":
+            return x.mean(dim=(1, 2))
+        if self.cfg.pool == "pyramid_grid":
+            stride = self.cfg.patch_size * 2 ** stage
+            height, width = (max(1, s // stride) for s in self.cfg.image_hw)
+            if x.shape[1] > height or x.shape[2] > width:
+                grid = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), (min(height, x.shape[1]), min(width, x.shape[2])))
+                return grid.amax(dim=(2, 3))
+        return x.amax(dim=(1, 2))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))

@@ -328,10 +328,25 @@ class Claim:
         return {m for c in self.checks + self.details for m in (c.subject, c.baseline)}
 
 
-CLIMP_MODEL, VIT_MODEL = "climp-tiny", "clip-vit-tiny"
-MAMBA_IMAGE_MODELS = {"climp-tiny": "VMamba", "climp-mamba1d-tiny": "1D Mamba"}
+# The papers' CLIMP in miniature (VMamba tower with average pooling of the normed last map), the
+# subject of every claim; our variants of it are compared with the same baseline in extra rows.
+CLIMP_MODEL, VIT_MODEL = "climp-tiny-paper", "clip-vit-tiny"
+CLIMP_VARIANTS = {"climp-tiny": "pyramid pooling"}
+MAMBA_IMAGE_MODELS = {"climp-tiny-paper": "VMamba", "climp-mamba1d-tiny": "1D Mamba"}
 TOWER_CAVEAT = ("the Mamba models also have a Mamba text tower where the ViT baseline has a Transformer, "
                 "so this compares whole models, not image towers alone")
+VARIANT_CAVEAT = "our variant ({}), not the paper's model; reported beside the paper's, never in its place"
+
+
+def _variant(claims: List[Claim], subject: str, variant: str) -> List[Claim]:
+    """The claims again for a variant model: ids suffixed with the model, the variant named."""
+    out = []
+    for claim in claims:
+        suffix = "" if claim.id.endswith(subject) else f"-{subject}"
+        caveat = "; ".join(c for c in (VARIANT_CAVEAT.format(variant), claim.caveat) if c)
+        out.append(Claim(claim.id + suffix, claim.paper, f"[variant: {variant}] {claim.statement}", claim.checks,
+                         claim.details, caveat))
+    return out
 
 
 def _checks(metrics: Sequence[str], subject: str, baseline: str) -> Tuple[Check, ...]:
@@ -378,8 +393,11 @@ def clip_mamba_claims(subject: str, baseline: str = VIT_MODEL) -> List[Claim]:
 
 
 def all_claims(models: Sequence[str]) -> List[Claim]:
-    """Every claim whose subject and baseline are among `models`."""
+    """Every claim whose subject and baseline are among `models`: the paper's models first, then
+    the same claims for our variants (CLIMP_VARIANTS) as extra rows."""
     claims = climp_claims() + [c for s in MAMBA_IMAGE_MODELS for c in clip_mamba_claims(s)]
+    for subject, variant in CLIMP_VARIANTS.items():
+        claims += _variant(climp_claims(subject) + clip_mamba_claims(subject), subject, variant)
     return [c for c in claims if c.models <= set(models)]
 
 

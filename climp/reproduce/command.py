@@ -11,8 +11,9 @@ __all__ = ["add_arguments", "run", "reproduce", "run_reproduce", "ReproduceSetti
 
 DESCRIPTION = """Reproduce the claims of CLIMP and CLIP-Mamba on the embedded benchmark.
 
-Trains every model (default: climp-tiny, clip-vit-tiny, climp-mamba1d-tiny, ~8.6M parameters
-each) with the same data, steps and seeds; runs the evaluation suite, the efficiency benchmark
+Trains every model (default: climp-tiny-paper, the papers' CLIMP in miniature; climp-tiny, our
+pyramid-pooling variant, reported in extra rows; clip-vit-tiny; climp-mamba1d-tiny; ~8.6M
+parameters each) with the same data, steps and seeds; runs the evaluation suite, the efficiency benchmark
 and the Hessian analysis on each; writes REPORT.md (tables, plots, one verdict per claim:
 holds / does not hold / inconclusive within the seed spread) and results.json into --out.
 Rerunning the same command resumes: finished stages are reused, training continues from its

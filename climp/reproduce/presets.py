@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-DEFAULT_MODELS: Tuple[str, ...] = ("climp-tiny", "clip-vit-tiny", "climp-mamba1d-tiny")
+# the papers' CLIMP (climp-tiny-paper), our pyramid-pooling variant, the ViT baseline, a 1D Mamba
+DEFAULT_MODELS: Tuple[str, ...] = ("climp-tiny-paper", "climp-tiny", "clip-vit-tiny", "climp-mamba1d-tiny")
 CLIP_MAMBA_SHIFTS: Tuple[str, ...] = ("contrast", "high_pass", "low_pass", "uniform_noise", "phase_scrambling")
 
 
@@ -84,7 +85,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in [
                      retrieval_samples=8, save_every=1, log_every=1),
         spurious_training=True,
         eval_tasks=("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness",
-                    "shape_bias"),
+                    "shape_bias", "caption_shifts"),
         eval=dict(num_samples=12, batch_size=12, captions_per_image=2, shifts=["contrast", "low_pass"],
                   resolution_scales=[1, 2], hubness_k=3),
         hessian=dict(top_k=1, lanczos_steps=2, hutchinson_samples=2, slq_runs=2, slq_steps=2, landscape="none",
@@ -101,7 +102,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in [
                      retrieval_samples=32, save_every=100),
         spurious_training=True,
         eval_tasks=("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness",
-                    "shape_bias"),
+                    "shape_bias", "caption_shifts"),
         eval=dict(num_samples=48, batch_size=48, captions_per_image=2, shifts=list(CLIP_MAMBA_SHIFTS),
                   resolution_scales=[1, 2, 4], hubness_k=10),
         hessian=dict(top_k=1, lanczos_steps=5, hutchinson_samples=3, slq_runs=4, slq_steps=30, landscape="none",
@@ -118,7 +119,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in [
                      retrieval_samples=64, save_every=100),
         spurious_training=True,
         eval_tasks=("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness",
-                    "shape_bias"),
+                    "shape_bias", "caption_shifts"),
         eval=dict(num_samples=200, batch_size=64, captions_per_image=5,
                   shifts=list(CLIP_MAMBA_SHIFTS) + ["greyscale", "false_colour", "power_equalisation", "rotation"],
                   resolution_scales=[1, 2, 4], hubness_k=10),

@@ -80,7 +80,7 @@ def load_trained(job: Job):
 
     checkpoint = job.upstream[TRAIN]["checkpoint"]
     model, _, preprocess = climp.create_model_and_transforms(job.model, pretrained=checkpoint)
-    return model.eval(), preprocess, climp.get_tokenizer(job.model)
+    return model.eval(), preprocess, climp.get_tokenizer(model)
 
 
 def eval_stage(job: Job) -> Dict[str, Any]:

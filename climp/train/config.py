@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..dataconfig import FromDict
 from ..settings import load_recipe, recipe_values, resolve, setting
@@ -80,6 +80,9 @@ class TrainConfig(FromDict):
         "synthetic data: share of scenes that come in groups of 8 differing in one attribute "
         "(in-batch hard negatives)"))
     resolution: int = setting(64, group=DATA, help="image side length in pixels")
+    train_sides: Optional[str] = setting(None, group=DATA, metavar="SIDES", help=(
+        "multi-resolution training: comma-separated sides, e.g. 64,96,128; images are prepared at the "
+        "largest and each batch is resized to a side drawn at random"))
     workers: int = setting(0, group=DATA, help="data-loader worker processes (0 loads in the main process)")
     # optimisation
     steps: int = setting(450, group=OPTIM, help="optimizer steps to train for")
@@ -134,7 +137,16 @@ class TrainConfig(FromDict):
     def __post_init__(self) -> None:
         if self.csv_separator in ("tab", "\\t"):
             self.csv_separator = "\t"
+        if isinstance(self.train_sides, (list, tuple)):
+            self.train_sides = ",".join(str(v) for v in self.train_sides)
         self.validate()
+
+    @property
+    def sides(self) -> Optional[Tuple[int, ...]]:
+        """The image sides of multi-resolution training (None: every batch at `resolution`)."""
+        if not self.train_sides:
+            return None
+        return tuple(int(v) for v in str(self.train_sides).split(",") if v.strip())
 
     def validate(self) -> None:
         """Raise ValueError naming the first field with an impossible value."""
@@ -167,6 +179,13 @@ class TrainConfig(FromDict):
             raise ValueError(f"partial_captions must be in [0, 1], got {self.partial_captions}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.train_sides:
+            try:
+                sides = self.sides
+            except ValueError:
+                raise ValueError(f"train_sides must be comma-separated ints, got {self.train_sides!r}") from None
+            if not sides or min(sides) < 1:
+                raise ValueError(f"train_sides must be positive ints, got {self.train_sides!r}")
         if self.data not in ("synthetic", "files"):
             raise ValueError(f"data={self.data!r} is not one of ('synthetic', 'files')")
         if self.max_caption_tokens == 1:

@@ -19,7 +19,7 @@ CHECKED_SETTINGS = (
     "data", "train_data", "train_samples", "caption_style", "partial_captions", "hard_negatives",
     "resolution", "steps", "batch_size", "accum_freq", "lr", "warmup", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss", "local_loss", "gather_with_grad", "precision",
-    "ema_decay", "seed", "max_caption_tokens",
+    "ema_decay", "seed", "max_caption_tokens", "train_sides",
 )
 Changes = Dict[str, Tuple[Any, Any]]
 

@@ -64,11 +64,15 @@ def build_components(config: TrainConfig) -> TrainComponents:
     from climp.data.collate import ImageTextCollate, TruncatingTokenizer
     from climp.models.clip import check_image_size
     from climp.models.factory import get_model_config
+    from climp.transforms import transform_from_config
 
-    check_image_size(get_model_config(config.model)["vision_cfg"], config.resolution, config.model)
-    model, preprocess_train, preprocess_val = climp.create_model_and_transforms(
+    for side in config.sides or (config.resolution,):
+        check_image_size(get_model_config(config.model)["vision_cfg"], side, config.model)
+    model, _, preprocess_val = climp.create_model_and_transforms(
         config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
         text_pretrained=config.text_pretrained, **logit_init_overrides(config.loss))
+    train_side = max(config.sides) if config.sides else config.resolution  # batches resized down from it
+    preprocess_train = transform_from_config(train_side, True, model.config.get("preprocess_cfg"))
     if config.lock_image >= 0:
         model.lock_image_tower(config.lock_image)
     if config.lock_text >= 0:
@@ -76,7 +80,7 @@ def build_components(config: TrainConfig) -> TrainComponents:
     tokenizer = TruncatingTokenizer(climp.get_tokenizer(model), config.max_caption_tokens or None)
     if config.data == "synthetic":
         train_dataset = synthetic.SyntheticScenes(
-            split="train", num_samples=config.train_samples, resolution=config.resolution,
+            split="train", num_samples=config.train_samples, resolution=train_side,
             seed=config.seed, caption_style=config.caption_style, transform=preprocess_train,
             partial_captions=config.partial_captions, hard_negatives=config.hard_negatives)
     else:
@@ -85,7 +89,8 @@ def build_components(config: TrainConfig) -> TrainComponents:
                                           allow_pipe=config.allow_pipe)
     tasks, retrieval = eval_sets(config, preprocess_val)
     return TrainComponents(model=model, tokenizer=tokenizer, train_dataset=train_dataset,
-                           collate_fn=ImageTextCollate(tokenizer.tokenizer, config.max_caption_tokens or None),
+                           collate_fn=ImageTextCollate(tokenizer.tokenizer, config.max_caption_tokens or None,
+                                                      config.sides),
                            zero_shot_tasks=tasks, retrieval_set=retrieval, model_cfg=model.config)
 
 
