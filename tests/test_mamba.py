@@ -172,15 +172,6 @@ def test_grad_checkpointing_gives_identical_gradients():
         torch.testing.assert_close(ckpt[name], plain[name], rtol=0, atol=0, msg=name)
 
 
-def test_set_scan_backend_reaches_every_mixer():
-    model = MambaBackbone(tiny_cfg(scan_backend="auto"))
-    model.set_scan_backend("reference")
-    assert all(layer.mixer.scan_backend == "reference" for layer in model.layers)
-    model.set_scan_backend("nope")
-    with pytest.raises(ValueError, match="backend"):
-        model(torch.zeros(1, 3, dtype=torch.long))
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -239,12 +239,6 @@ class MambaBackbone(nn.Module):
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every mixer's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for layer in self.layers:
-            layer.mixer.scan_backend = backend
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embedding(input_ids)
         for layer in self.layers:

@@ -306,9 +306,6 @@ class Mamba2Backbone(MambaBackbone):
     def read_checkpoint(path: Union[str, Path]) -> Tuple[Mamba2Config, Dict[str, torch.Tensor]]:
         return read_mamba2_checkpoint(path)
 
-    def set_scan_backend(self, backend: str) -> None:
-        raise ValueError("Mamba-2 blocks use the chunked SSD scan in PyTorch; there is no backend to choose")
-
 
 # ----------------------------------------------------------------------------- checkpoint import
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,17 +36,6 @@ from .validation import check_images
 CHANNEL_MIXERS = ("mlp", "einfft")
 NUM_STAGES = 4
 STEM_STRIDE = 4
-
-# The released SiMBA-S/B/L shapes (CLIP-Mamba's simba_s / simba_b / simba_l).
-SIMBA_PRESETS: Dict[str, Dict[str, Any]] = {
-    "simba-s": {"stem_hidden_dim": 32, "embed_dims": [64, 128, 320, 448], "mlp_ratios": [8, 8, 4, 4],
-                "depths": [3, 4, 6, 3], "drop_path_rate": 0.1},
-    "simba-b": {"stem_hidden_dim": 64, "embed_dims": [64, 128, 320, 512], "mlp_ratios": [8, 8, 4, 4],
-                "depths": [3, 4, 12, 3], "drop_path_rate": 0.1},
-    "simba-l": {"stem_hidden_dim": 64, "embed_dims": [96, 192, 384, 512], "mlp_ratios": [8, 8, 4, 4],
-                "depths": [3, 6, 18, 3], "drop_path_rate": 0.3},
-}
-
 
 @dataclass
 class SiMBAConfig(FromDict):
@@ -297,13 +286,6 @@ class SiMBAVisionTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in backward instead of storing its activations."""
         self.grad_checkpointing = enable
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every Mamba mixer's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, MambaMixer):
-                module.scan_backend = backend
 
     def _run_block(self, block: SiMBABlock, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():

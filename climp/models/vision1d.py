@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Union
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -20,15 +20,6 @@ from torch.utils.checkpoint import checkpoint
 from .mamba import MambaBlock, MambaMixer, RMSNorm, resolve_dt_rank
 from ..dataconfig import FromDict
 from .validation import check_images
-
-# Sizes after Vim-Ti / Vim-S (d_model 192 / 384, 24 layers, 16-pixel patches).
-MAMBA1D_PRESETS: Dict[str, Dict[str, Any]] = {
-    "mamba1d-t": {"patch_size": 16, "d_model": 192, "n_layer": 24, "d_state": 16, "expand": 2,
-                  "bidirectional": True, "drop_path_rate": 0.0},
-    "mamba1d-s": {"patch_size": 16, "d_model": 384, "n_layer": 24, "d_state": 16, "expand": 2,
-                  "bidirectional": True, "drop_path_rate": 0.05},
-}
-
 
 @dataclass
 class Mamba1DVisionConfig(FromDict):
@@ -122,14 +113,6 @@ class Mamba1DVisionTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each Mamba block in backward instead of storing its activations."""
         self.grad_checkpointing = enable
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every mixer's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, MambaMixer):
-                module.scan_backend = backend
-
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features (+ position embedding resized to the grid) as a row-major (B, L, d_model)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -35,26 +35,6 @@ FORWARD_TYPES: Dict[str, bool] = {"v2": True, "v05": True, "v2_noz": False, "v05
 
 # Downsample versions between stages: conv kernel size and padding (stride 2, then LayerNorm).
 DOWNSAMPLE_KERNELS: Dict[str, Tuple[int, int]] = {"v2": (2, 0), "v3": (3, 1)}
-
-# VMamba v2 ImageNet backbones (classification/configs/vssm/vmambav2_{tiny,small,base}_224.yaml).
-VMAMBA_PRESETS: Dict[str, Dict[str, Any]] = {
-    "vmamba-t": {
-        "depths": [2, 2, 5, 2], "dims": 96, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
-        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
-        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.2,
-    },
-    "vmamba-s": {
-        "depths": [2, 2, 15, 2], "dims": 96, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
-        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
-        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.3,
-    },
-    "vmamba-b": {
-        "depths": [2, 2, 15, 2], "dims": 128, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
-        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
-        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.6,
-    },
-}
-
 
 @dataclass
 class VMambaConfig(FromDict):
@@ -380,13 +360,6 @@ class VMambaVisionTower(nn.Module):
         """Recompute each VSS block in backward instead of storing its activations."""
         for stage in self.layers:
             stage.grad_checkpointing = enable
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every SS2D's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.scan_backend = backend
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) -> pooled features (batch, num_features), before the projection."""
