@@ -13,9 +13,8 @@ from climp.models.mamba import (
     MambaConfig,
     MambaMixer,
     RMSNorm,
-    load_mamba_state_dict,
-    mamba_config_from_json,
 )
+from climp.models.pretrained import load_mamba_state_dict, mamba_config_from_json
 
 transformers = pytest.importorskip("transformers")
 
