@@ -246,3 +246,9 @@ def test_pool_options_are_validated():
         tiny_config(pool="max")
     with pytest.raises(ValueError, match="attn_pool_heads"):
         tiny_config(pool="attn", attn_pool_heads=5)
+
+
+def test_ss2d_marks_its_ssm_parameters_free_of_weight_decay():
+    ss2d_module = next(m for m in VMambaVisionTower(tiny_config(), embed_dim=8).modules() if isinstance(m, SS2D))
+    for param in (ss2d_module.A_logs, ss2d_module.Ds, ss2d_module.dt_projs_bias):
+        assert getattr(param, "_no_weight_decay", False)

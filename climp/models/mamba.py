@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -51,6 +51,50 @@ def resolve_dt_rank(dt_rank: Union[int, str], d_model: int) -> int:
     if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
         raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
     return dt_rank
+
+
+@torch.no_grad()
+def mamba_init_(
+    A_log: torch.Tensor,
+    D: torch.Tensor,
+    dt_bias: torch.Tensor,
+    dt_weight: Optional[torch.Tensor] = None,
+    dt_min: float = 0.001,
+    dt_max: float = 0.1,
+    dt_init_floor: float = 1e-4,
+    dt_scale: float = 1.0,
+    dt_init: str = "random",
+    A_init_range: Optional[Tuple[float, float]] = None,
+) -> None:
+    """Mamba's SSM initialisation, in place, for every Mamba variant here; marks A_log, D and the
+    dt bias as free of weight decay (and the bias as kept by later bias-zeroing inits).
+
+    dt_weight (the low-rank time-step projection, rank = its last dim) is uniform in
+    +-dt_scale / sqrt(rank) ("random") or constant at that bound; softplus(dt_bias) is log-uniform
+    in [dt_min, dt_max], floored at dt_init_floor; A_log is log(1..d_state) along its last dim
+    (S4D-real) or, given A_init_range, log of a uniform draw from it (Mamba-2's per-head A);
+    D is 1. Random draws happen in that order.
+    """
+    if dt_init not in ("random", "constant"):
+        raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+    if dt_weight is not None:
+        std = dt_weight.shape[-1] ** -0.5 * dt_scale
+        if dt_init == "constant":
+            dt_weight.fill_(std)
+        else:
+            dt_weight.uniform_(-std, std)
+    u = torch.rand(dt_bias.shape, device=dt_bias.device)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+    if A_init_range is None:
+        states = torch.arange(1, A_log.shape[-1] + 1, dtype=torch.float32, device=A_log.device)
+        A_log.copy_(torch.log(states).expand_as(A_log))
+    else:
+        A_log.copy_(torch.empty(A_log.shape, device=A_log.device).uniform_(*A_init_range).log())
+    D.fill_(1.0)
+    for p in (A_log, D, dt_bias):
+        p._no_weight_decay = True
+    dt_bias._no_reinit = True
 
 
 class MambaMixer(nn.Module):
@@ -99,27 +143,8 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
-        for p in (self.A_log, self.D, self.dt_proj.bias):
-            p._no_weight_decay = True
-        self.dt_proj.bias._no_reinit = True  # MambaBackbone.init_weights keeps its dt init
-        self.reset_ssm_parameters(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
-
-    @torch.no_grad()
-    def reset_ssm_parameters(
-        self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float
-    ) -> None:
-        """S4D-real A, unit D, and a dt_proj whose softplus(bias) is log-uniform in [dt_min, dt_max]."""
-        std = self.dt_rank ** -0.5 * dt_scale
-        if dt_init == "constant":
-            nn.init.constant_(self.dt_proj.weight, std)
-        else:
-            nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = log_dt.exp().clamp(min=dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
-        self.A_log.copy_(torch.log(A))
-        self.D.fill_(1.0)
+        mamba_init_(self.A_log, self.D, self.dt_proj.bias, self.dt_proj.weight, dt_min=dt_min, dt_max=dt_max,
+                    dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         length = hidden.shape[1]

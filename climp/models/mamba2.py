@@ -6,7 +6,6 @@ models/pretrained.py). The block, RMSNorm and backbone come from `mamba.py`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 from climp.ops import ssd_chunk_scan
 
-from .mamba import MambaBackbone
+from .mamba import MambaBackbone, mamba_init_
 from ..dataconfig import FromDict
 
 # ----------------------------------------------------------------------------- mixer
@@ -100,22 +99,10 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.D = nn.Parameter(torch.empty(self.nheads))
-        for p in (self.A_log, self.D, self.dt_bias):
-            p._no_weight_decay = True
         self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups, eps=norm_eps) if rmsnorm else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
-        self.reset_ssm_parameters(A_init_range, dt_min, dt_max, dt_init_floor)
-
-    @torch.no_grad()
-    def reset_ssm_parameters(
-        self, A_init_range: Tuple[float, float], dt_min: float, dt_max: float, dt_init_floor: float
-    ) -> None:
-        """A uniform in A_init_range, unit D, softplus(dt_bias) log-uniform in [dt_min, dt_max]."""
-        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        self.A_log.copy_(torch.empty(self.nheads).uniform_(*A_init_range).log())
-        self.D.fill_(1.0)
+        mamba_init_(self.A_log, self.D, self.dt_bias, dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor,
+                    A_init_range=A_init_range)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, length, _ = hidden.shape

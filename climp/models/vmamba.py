@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from climp.ops import ss2d
 from ..dataconfig import FromDict
-from .mamba import at_least_float32
+from .mamba import at_least_float32, mamba_init_
 from .validation import check_images
 
 NUM_DIRECTIONS = 4
@@ -169,7 +169,6 @@ class SS2D(nn.Module):
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan_backend = scan_backend
-        self.dt_range = (dt_min, dt_max, dt_init_floor)
         k, d_inner = NUM_DIRECTIONS, self.d_inner
 
         self.in_proj = nn.Linear(d_model, d_inner * (2 if self.gated else 1), bias=False)
@@ -186,20 +185,10 @@ class SS2D(nn.Module):
         self.out_norm = nn.LayerNorm(d_inner, eps=norm_eps)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.reset_ssm_parameters()
-
-    @torch.no_grad()
-    def reset_ssm_parameters(self) -> None:
-        """Mamba's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform dt."""
-        self.x_proj_weight.uniform_(-self.d_inner**-0.5, self.d_inner**-0.5)
-        self.dt_projs_weight.uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt_min, dt_max, floor = self.dt_range
-        u = torch.rand(self.dt_projs_bias.shape, device=self.dt_projs_bias.device)
-        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
-        self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
-        self.Ds.fill_(1.0)
+        with torch.no_grad():
+            self.x_proj_weight.uniform_(-self.d_inner**-0.5, self.d_inner**-0.5)
+        mamba_init_(self.A_logs, self.Ds, self.dt_projs_bias, self.dt_projs_weight, dt_min=dt_min, dt_max=dt_max,
+                    dt_init_floor=dt_init_floor)
 
     def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, H, W, d_inner) -> (batch, H, W, d_inner): the four directional scans, merged.
