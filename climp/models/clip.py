@@ -99,15 +99,11 @@ class CLIP(nn.Module):
 
     def lock_image_tower(self, unlocked_groups: int = 0) -> None:
         """Freeze the image tower but its last `unlocked_groups` layer groups (head included)."""
-        from .freeze import lock_tower
-
-        lock_tower(self.visual, unlocked_groups)
+        self.visual.lock(unlocked_groups)
 
     def lock_text_tower(self, unlocked_groups: int = 0) -> None:
         """Freeze the text tower but its last `unlocked_groups` layer groups (head included)."""
-        from .freeze import lock_tower
-
-        lock_tower(self.text, unlocked_groups)
+        self.text.lock(unlocked_groups)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)

@@ -30,6 +30,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..dataconfig import FromDict
+from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaMixer
 from .validation import check_images
 
@@ -252,7 +253,7 @@ class SiMBABlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), height, width))
 
 
-class SiMBAVisionTower(nn.Module):
+class SiMBAVisionTower(LockableTower, nn.Module):
     """SiMBA backbone + class-token pooling + bias-free projection: (B, 3, H, W) -> (B, embed_dim)."""
 
     def __init__(self, cfg: SiMBAConfig, embed_dim: int) -> None:
@@ -282,6 +283,18 @@ class SiMBAVisionTower(nn.Module):
     def stage(self, index: int) -> Tuple[nn.Module, nn.ModuleList, nn.LayerNorm]:
         """(patch embed, blocks, norm) of stage `index` (0-based)."""
         return getattr(self, f"patch_embed{index + 1}"), getattr(self, f"block{index + 1}"), getattr(self, f"norm{index + 1}")
+
+    def layer_group_prefixes(self) -> Groups:
+        """The stem, one group per block (a stage's norm and the next downsample join its last
+        block), the head."""
+        groups: Groups = [["patch_embed1."]]
+        stages = len(self.cfg.depths)
+        for s in range(1, stages + 1):
+            blocks = block_groups(getattr(self, f"block{s}"), f"block{s}")
+            if s < stages:
+                blocks[-1] += [f"norm{s}.", f"patch_embed{s + 1}."]
+            groups += blocks
+        return groups + [["post_network.", f"norm{stages}.", "head."]]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in backward instead of storing its activations."""

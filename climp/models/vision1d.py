@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
+from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaBlock, MambaMixer, RMSNorm, resolve_dt_rank
 from ..dataconfig import FromDict
 from .validation import check_images
@@ -64,7 +65,7 @@ class BidirectionalMixer(nn.Module):
         return self.forward_mixer(x) + self.backward_mixer(x.flip(1)).flip(1)
 
 
-class Mamba1DVisionTower(nn.Module):
+class Mamba1DVisionTower(LockableTower, nn.Module):
     """(B, 3, H, W) float images -> (B, embed_dim); any H, W divisible by `cfg.patch_size`."""
 
     def __init__(self, cfg: Mamba1DVisionConfig, embed_dim: int) -> None:
@@ -109,6 +110,10 @@ class Mamba1DVisionTower(nn.Module):
     @property
     def num_features(self) -> int:
         return self.cfg.d_model
+
+    def layer_group_prefixes(self) -> Groups:
+        """The patch embedding, one group per block, the final norm and head."""
+        return [["patch_embed.", "pos_embed"]] + block_groups(self.layers, "layers") + [["norm_f.", "head."]]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each Mamba block in backward instead of storing its activations."""

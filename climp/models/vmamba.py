@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from climp.ops import ss2d
 from ..dataconfig import FromDict
+from .freeze import Groups, LockableTower, block_groups
 from .mamba import at_least_float32, mamba_init_
 from .validation import check_images
 
@@ -302,7 +303,7 @@ class VSSStage(nn.Module):
         return self.downsample(self.run_blocks(x))
 
 
-class VMambaVisionTower(nn.Module):
+class VMambaVisionTower(LockableTower, nn.Module):
     """VMamba backbone + pooling + Linear to the joint embedding: (B,3,H,W) -> (B,E).
 
     Pooling (none uses a positional embedding, so any H, W divisible by `cfg.total_stride`
@@ -344,6 +345,15 @@ class VMambaVisionTower(nn.Module):
     @property
     def num_features(self) -> int:
         return sum(self.cfg.dims) if self.cfg.pool == "pyramid" else self.cfg.dims[-1]
+
+    def layer_group_prefixes(self) -> Groups:
+        """The stem, one group per block (a stage's downsample joins its last block), the head."""
+        groups: Groups = [["patch_embed."]]
+        for s, stage in enumerate(self.layers):
+            blocks = block_groups(stage.blocks, f"layers.{s}.blocks")
+            blocks[-1].append(f"layers.{s}.downsample.")
+            groups += blocks
+        return groups + [list(HEAD_PREFIXES)]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each VSS block in backward instead of storing its activations."""
