@@ -349,7 +349,7 @@ class Trainer:
         if self.context.is_main:
             metrics = quick_evaluate(self.eval_model, self.components.tokenizer,
                                      self.components.zero_shot_tasks, self.components.retrieval_set,
-                                     self.device, self.autocast)
+                                     self.autocast)
             self.logger.log({"step": self.step, "kind": "eval", **metrics}, prefix="eval")
         barrier(self.context)
         return metrics
