@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from climp.models.weights import StateDictMismatchError, load_state_dict_strict
 from climp.train import checkpoint as ckpt
 from test_train_standins import TinyClip
 
@@ -56,11 +57,11 @@ def test_mismatched_weights_list_missing_and_unexpected_keys(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     del state["visual.proj.bias"]
     state["text.proj.weight"] = torch.zeros(3, 3)
-    with pytest.raises(ckpt.CheckpointMismatchError) as err:
-        ckpt.load_weights_strict(TinyClip(), state, "ckpt X")
+    with pytest.raises(StateDictMismatchError) as err:
+        load_state_dict_strict(TinyClip(), state, "ckpt X")
     message = str(err.value)
     assert "visual.proj.bias" in message and "extra.weight" in message
-    assert "text.proj.weight: checkpoint (3, 3) vs model (8, 16)" in message
+    assert "text.proj.weight: (3, 3) vs model (8, 16)" in message
 
 
 def test_corrupt_files_raise_clear_errors(tmp_path):

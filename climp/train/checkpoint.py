@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from climp.models.checkpoint_files import (CONFIG_FILE, EMA_FILE, LATEST_FILE, MODEL_FILE,
                                            SIDECAR_HASH_KEY, STATE_FILE, CheckpointWarning,
@@ -42,10 +41,6 @@ STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
 # Hidden names that only interrupted writes leave behind (the last two from older versions).
 LEFTOVER_PREFIXES = (STAGING_PREFIX, RETIRED_PREFIX, f".{LATEST_FILE}.", ".step_")
-
-
-class CheckpointMismatchError(ValueError):
-    """Weights do not fit the model: lists missing, unexpected and mis-shaped keys."""
 
 
 @dataclass
@@ -281,23 +276,6 @@ def load_for_resume(spec: Union[str, Path], root: Union[str, Path]) -> ResumePoi
                           f"checkpoint {fallback}", CheckpointWarning)
     last = candidates[-1]
     return ResumePoint(last, read_checkpoint(last), read_training_state(last))
-
-
-def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load `state` into `module`; on any key or shape mismatch raise listing all of them."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state) if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mis_shaped:
-        raise CheckpointMismatchError(
-            f"{source} does not match the model: missing keys {missing}; "
-            f"unexpected keys {unexpected}; shape mismatches {mis_shaped}"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 def read_training_state(directory: Union[str, Path]) -> Dict[str, Any]:
