@@ -1,27 +1,4 @@
-"""Configs as data: dataclasses built from JSON-style dicts that reject unknown keys."""
-from __future__ import annotations
+"""Re-export of climp.config_mixin for modules not yet moved to that name."""
+from climp.config_mixin import FromDict
 
-import dataclasses
-from typing import Any, Dict, Mapping, Type, TypeVar
-
-T = TypeVar("T", bound="FromDict")
-
-
-class FromDict:
-    """Mixin for config dataclasses: `from_dict` refuses unknown keys (they are usually typos
-    that would otherwise be silently ignored) and `to_dict` gives the JSON-ready fields.
-    `config_label` names the config in the error (default: "<ClassName> keys")."""
-
-    config_label: str = ""
-
-    @classmethod
-    def from_dict(cls: Type[T], values: Mapping[str, Any]) -> T:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            label = cls.config_label or f"{cls.__name__} keys"
-            raise ValueError(f"unknown {label} {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+__all__ = ["FromDict"]

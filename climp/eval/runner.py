@@ -19,7 +19,7 @@ from .shape_bias import CueConflictFolder, evaluate_shape_bias
 from .shifts import SHIFTS, get_shift, shift_op
 from .spurious import evaluate_spurious
 from .zeroshot import evaluate_zero_shot, zero_shot_logits
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias")
 # Tasks that run on local files only (not part of the default task list).

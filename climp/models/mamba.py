@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from climp.ops import selective_scan
 
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -205,10 +205,8 @@ class MambaConfig(FromDict):
     scan_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MambaConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand",
+                                   "pad_vocab_size_multiple")
         resolve_dt_rank(self.dt_rank, self.d_model)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"MambaConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from climp.ops import ssd_chunk_scan
 
 from .mamba import MambaBackbone, mamba_init_
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 # ----------------------------------------------------------------------------- mixer
 
@@ -157,11 +157,8 @@ class Mamba2Config(FromDict):
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "headdim", "ngroups",
-                     "chunk_size", "pad_vocab_size_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "headdim",
+                                   "ngroups", "chunk_size", "pad_vocab_size_multiple")
         for name in ("A_init_range", "dt_limit"):
             value = getattr(self, name)
             if not isinstance(value, (tuple, list)) or len(value) != 2:

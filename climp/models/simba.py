@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaMixer
 from .validation import check_images
@@ -71,10 +71,7 @@ class SiMBAConfig(FromDict):
             values = getattr(self, name)
             if len(values) != NUM_STAGES or min(values) <= 0:
                 raise ValueError(f"SiMBAConfig.{name} must hold {NUM_STAGES} positive numbers, got {values}")
-        for name in ("image_size", "in_chans", "stem_hidden_dim", "einfft_blocks", "d_state", "d_conv", "expand"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SiMBAConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("image_size", "in_chans", "stem_hidden_dim", "einfft_blocks", "d_state", "d_conv", "expand")
         if self.channel_mixer not in CHANNEL_MIXERS:
             raise ValueError(f"unknown channel_mixer {self.channel_mixer!r}; choose from {CHANNEL_MIXERS}")
         if self.channel_mixer == "einfft":

@@ -18,7 +18,7 @@ from .mamba import MambaBackbone, MambaConfig
 from .mamba2 import Mamba2Backbone, Mamba2Config
 from .validation import check_token_ids
 from .weights import load_state_dict_strict
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 
 def check_text_input(token_ids: torch.Tensor, pad_id: int, vocab_size: int, context_length: Optional[int] = None) -> None:
@@ -157,10 +157,7 @@ class TransformerTextConfig(FromDict):
     quick_gelu: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("context_length", "vocab_size", "width", "heads", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TransformerTextConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("context_length", "vocab_size", "width", "heads", "layers")
         if self.width % self.heads:
             raise ValueError(f"TransformerTextConfig.width {self.width} is not divisible by heads {self.heads}")
         if self.pool_type not in ("argmax", "eos"):

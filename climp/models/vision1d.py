@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaBlock, MambaMixer, RMSNorm, resolve_dt_rank
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from .validation import check_images
 
 @dataclass
@@ -42,10 +42,7 @@ class Mamba1DVisionConfig(FromDict):
     scan_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "in_chans", "d_model", "n_layer", "d_state", "d_conv", "expand"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Mamba1DVisionConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("image_size", "patch_size", "in_chans", "d_model", "n_layer", "d_state", "d_conv", "expand")
         resolve_dt_rank(self.dt_rank, self.d_model)
         if self.pos_embed and self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")

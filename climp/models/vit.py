@@ -18,7 +18,7 @@ from torch import nn
 
 from .freeze import Groups, LockableTower, block_groups
 from .validation import check_images
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 
 @dataclass

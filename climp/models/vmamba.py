@@ -20,7 +20,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from climp.ops import ss2d
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from .freeze import Groups, LockableTower, block_groups
 from .mamba import at_least_float32, mamba_init_
 from .validation import check_images
