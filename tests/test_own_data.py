@@ -6,10 +6,9 @@ import logging
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from climp.data.collate import ImageTextCollate, TruncatingTokenizer, truncate_token_rows
-from climp.data.sources import SkipCounter, Skipped
+from climp.data.sources import Skipped
 from climp.eval import EvalSettings, evaluate
 from climp.eval import command as eval_command
 from climp.eval.retrieval import class_level_recall, retrieval_recall
@@ -18,6 +17,7 @@ from climp.train.config import TrainConfig
 from climp.train.data import BatchStream
 from climp.train.trainer import eval_sets, format_results, smoothed_loss, train
 from eval_fakes import TinyClip
+from train_standins import SometimesBroken
 
 
 # ----------------------------------------------------------------------------- captions
@@ -44,21 +44,6 @@ def test_a_huge_caption_cannot_blow_up_the_batch():
 
 
 # ----------------------------------------------------------------------------- skipped samples
-
-class SometimesBroken(Dataset):
-    """Sample i is (image filled with i, caption); indices in `broken` are Skipped markers."""
-
-    def __init__(self, n=12, broken=(3, 7)):
-        self.n, self.broken, self.skips = n, set(broken), SkipCounter()
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if i in self.broken:
-            return self.skips.add("corrupt_image", f"row{i}")
-        return torch.full((3, 2, 2), float(i)), f"caption {i}"
-
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_samples_dropped_not_duplicated_and_counted_once(workers):

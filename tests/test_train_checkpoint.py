@@ -8,7 +8,7 @@ import torch
 
 from climp.models.weights import StateDictMismatchError, load_state_dict_strict
 from climp.train import checkpoint as ckpt
-from test_train_standins import TinyClip
+from train_standins import TinyClip
 
 
 def _save(root, step, model, ema=None):

@@ -10,7 +10,7 @@ from climp.train.config import TrainConfig, resolve_config
 from climp.train.data import EpochBatchOrder, SeededSamples, sample_seed
 from climp.eval.retrieval import retrieval_recall
 from climp.train.quick_eval import zero_shot_accuracy
-from test_train_standins import SHAPES, TinyClip, TinyPairs, ZeroShotTask, tokenize, TinyLabelled
+from train_standins import SHAPES, TinyClip, TinyPairs, ZeroShotTask, tokenize, TinyLabelled
 
 
 def _parse(argv):
