@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from climp.models.checkpoint_files import CONFIG_FILE, FORMAT
 from climp.models.weights import StateDictMismatchError, load_state_dict_strict
 from climp.train import checkpoint as ckpt
 from train_standins import TinyClip
@@ -90,5 +91,5 @@ def test_rng_state_round_trip_through_torch_save(tmp_path):
 
 def test_sidecar_is_json(tmp_path):
     path = _save(tmp_path, 7, TinyClip())
-    sidecar = json.loads((path / ckpt.CONFIG_FILE).read_text())
-    assert sidecar["format"] == ckpt.FORMAT and sidecar["step"] == 7
+    sidecar = json.loads((path / CONFIG_FILE).read_text())
+    assert sidecar["format"] == FORMAT and sidecar["step"] == 7
