@@ -15,7 +15,7 @@ from climp.models.mamba import (
     RMSNorm,
     mamba_init_,
 )
-from climp.models.pretrained import load_mamba_state_dict, mamba_config_from_json
+from climp.models.pretrained import language_model_config_from_json, load_mamba_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -276,6 +276,10 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ValueError, match="model.safetensors"):
         MambaBackbone.from_pretrained(tmp_path)
+
+
+def mamba_config_from_json(raw):
+    return language_model_config_from_json(raw, "mamba")
 
 
 def test_config_json_variants():

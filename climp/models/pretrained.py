@@ -177,16 +177,6 @@ def language_model_config_from_json(raw: Mapping[str, Any], model_type: str) -> 
                      "nor a mamba_ssm config (d_model, ssm_cfg, ...)")
 
 
-def mamba_config_from_json(raw: Mapping[str, Any]) -> MambaConfig:
-    """A Mamba-1 language model's config.json (transformers or mamba_ssm) as a MambaConfig."""
-    return language_model_config_from_json(raw, "mamba")
-
-
-def mamba2_config_from_json(raw: Mapping[str, Any]) -> Mamba2Config:
-    """A Mamba-2 language model's config.json (transformers or mamba_ssm) as a Mamba2Config."""
-    return language_model_config_from_json(raw, "mamba2")
-
-
 def read_json(file: Path) -> Dict[str, Any]:
     try:
         return json.loads(file.read_text())
