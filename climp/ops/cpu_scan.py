@@ -68,9 +68,10 @@ def _shape_args(u: Tensor, A: Tensor, B: Tensor) -> Tuple[int, int, int, int, in
     return batch, dim, length, A.shape[1], B.shape[1], threads
 
 
-def _absent() -> Tensor:
-    """Stands for an output that was not asked for (custom ops return tensors, not None)."""
-    return torch.empty(0)
+def _absent(u: Tensor) -> Tensor:
+    """Stands for an output that was not asked for (custom ops return tensors, not None); in u's
+    dtype, as the fake implementations give it."""
+    return u.new_empty(0)
 
 
 @torch.library.custom_op("climp::selective_scan", mutates_args=(), device_types="cpu")
@@ -89,7 +90,7 @@ def scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: O
         uc.data_ptr(), dc.data_ptr(), Ac.data_ptr(), Bc.data_ptr(), Cc.data_ptr(), _ptr(Dc), _ptr(zc),
         _ptr(bc), int(delta_softplus), out.data_ptr(), _ptr(pregate), _ptr(last), *_shape_args(uc, Ac, Bc),
     )
-    return out.to(u.dtype), _absent() if last is None else last, _absent() if pregate is None else pregate
+    return out.to(u.dtype), _absent(u) if last is None else last, _absent(u) if pregate is None else pregate
 
 
 def _keeps_pregate(z: Optional[Tensor], A: Tensor, keep_pregate: bool) -> bool:
@@ -129,7 +130,7 @@ def scan_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     grads = [du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.view(B.shape).to(B.dtype),
              dC.view(C.shape).to(C.dtype)]
     for grad, like in ((dD, D), (dz, z), (dbias, delta_bias)):
-        grads.append(_absent() if like is None else grad.to(like.dtype))
+        grads.append(_absent(u) if like is None else grad.to(like.dtype))
     return grads
 
 
