@@ -130,3 +130,14 @@ def test_zero_shot_accuracy_counts_correct_predictions():
     flipped = ZeroShotTask("shape", SHAPES[:3][::-1], ["{}"], task.dataset)
     assert zero_shot_accuracy(Oracle(), tokenize, flipped) == pytest.approx(
         sum(y == 1 for _, y in task.dataset) / len(task.dataset))
+
+
+def test_quick_evaluation_draws_no_progress_bars(capsys):
+    from climp.eval.features import encode_texts
+    from climp.train.quick_eval import quick_evaluate
+
+    encode_texts(TinyClip(), tokenize, ["a red star"])
+    assert "texts" in capsys.readouterr().err  # the full evaluation shows its progress
+    task = ZeroShotTask("shape", SHAPES, ["{}"], TinyLabelled(0, num_samples=6))
+    metrics = quick_evaluate(TinyClip(), tokenize, {"shape": task}, None)
+    assert set(metrics) == {"zeroshot_shape"} and capsys.readouterr().err == ""

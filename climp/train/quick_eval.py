@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, Mapping
 import torch
 from torch import nn
 
+from climp.eval.features import no_progress
 from climp.eval.retrieval import evaluate_retrieval
 from climp.eval.zeroshot import zero_shot_logits
 
@@ -49,7 +50,7 @@ def quick_evaluate(model: nn.Module, tokenizer: Callable, zero_shot_tasks: Mappi
     was_training = model.training
     model.eval()
     try:
-        with autocast():
+        with autocast(), no_progress():
             metrics = {f"zeroshot_{name}": zero_shot_accuracy(model, tokenizer, task)
                        for name, task in zero_shot_tasks.items()}
             sets = retrieval_set if isinstance(retrieval_set, Mapping) else {"": retrieval_set}
