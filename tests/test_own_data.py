@@ -217,3 +217,19 @@ def test_empty_micro_batches_are_passed_over_and_all_bad_data_is_an_error():
                        batch_size=2, rank=0, world_size=1, seed=0)
     with pytest.raises(ValueError, match=r"no sample .* whole epoch \(skipped 4 samples \(corrupt_image: 4"):
         dead.next_step()
+
+
+def test_stream_resumed_at_the_end_of_an_epoch_moves_on_to_the_next():
+    """A run stopped after an epoch's last batch resumes there: nothing is drawn before the next
+    epoch, which is no sign of unusable data."""
+    stream = BatchStream(SometimesBroken(n=8, broken=()), ImageTextCollate(ClipBpeTokenizer()), batch_size=4,
+                         rank=0, world_size=1, seed=0, batch_in_epoch=2)
+    images, _ = stream.next_step()[0]
+    assert stream.position == {"epoch": 1, "batch_in_epoch": 1} and len(images) == 4
+
+
+def test_an_epoch_without_usable_samples_is_an_error():
+    stream = BatchStream(SometimesBroken(n=8, broken=range(8)), ImageTextCollate(ClipBpeTokenizer()),
+                         batch_size=4, rank=0, world_size=1, seed=0)
+    with pytest.raises(ValueError, match="no sample of the training data could be used in a whole epoch"):
+        stream.next_step()
