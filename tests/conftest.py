@@ -1,9 +1,20 @@
-"""Shared fixtures: tiny image-caption datasets written as PNG files and caption tables."""
+"""Shared fixtures: one-thread torch for tiny models, tiny image-caption datasets written as PNG
+files and caption tables."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run fastest (and least disturbed by busy cores) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_png(path, rgb, side=32):

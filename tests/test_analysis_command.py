@@ -14,7 +14,7 @@ import climp
 import climp.analysis.command as command
 import climp.analysis.job as job
 import climp.analysis.params as params
-from test_analysis_models import MeanPoolText, ScanText, TinyClip, shrunk_climp_tiny
+from analysis_models import MeanPoolText, ScanText, TinyClip, shrunk_climp_tiny
 
 
 def tiny_loader(name, checkpoint, resolution, device):

@@ -12,7 +12,7 @@ import torch
 from climp.models.checkpoint_files import CheckpointWarning, latest_checkpoint, pointer_target
 from climp.train import checkpoint as ckpt
 from climp.train.trainer import Trainer
-from test_train_standins import TinyClip, run_steps, single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import TinyClip, run_steps, tiny_components, tiny_config
 
 
 class Killed(BaseException):

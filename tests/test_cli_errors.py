@@ -7,7 +7,7 @@ import climp
 from climp.cli import main
 from climp.train.stopping import TrainingStopped
 from climp.train.trainer import Trainer
-from test_train_standins import single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import tiny_components, tiny_config
 
 
 @pytest.fixture

@@ -28,12 +28,7 @@ TOWERS: Dict[str, Tuple[str, dict]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # one thread: tiny matrices
 
 
 def float64_model(tower: str, seed: int = 0):

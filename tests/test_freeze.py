@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import climp
-from climp.models.freeze import layer_groups, lock_tower
 
 
 @pytest.mark.parametrize("name", ["climp-tiny", "clip-vit-tiny", "climp-mamba1d-tiny", "clip-mamba-simba-s"])
@@ -11,7 +10,7 @@ def test_groups_partition_each_tower(name):
     with torch.device("meta"):
         model = climp.create_model(name)
     for tower in (model.visual, model.text):
-        groups = layer_groups(tower)
+        groups = tower.layer_groups()
         ids = [id(p) for g in groups for p in g]
         assert len(ids) == len(set(ids)) == len(list(tower.parameters()))
         assert all(groups), "every group holds parameters"
@@ -22,7 +21,7 @@ def test_vmamba_pooling_heads_belong_to_the_head_group(pool):
     from climp.models.vmamba import VMambaConfig, VMambaVisionTower
 
     tower = VMambaVisionTower(VMambaConfig(dims=16, depths=[1, 1], pool=pool), embed_dim=8)
-    groups = layer_groups(tower)
+    groups = tower.layer_groups()
     names = {id(p): n for n, p in tower.named_parameters()}
     head = {names[id(p)] for p in groups[-1]}
     assert len([p for g in groups for p in g]) == len(list(tower.parameters()))
@@ -42,4 +41,4 @@ def test_lock_all_but_last_two_groups():
     assert not any(p.requires_grad for p in model.visual.parameters())
     assert model.logit_scale.requires_grad
     with pytest.raises(ValueError, match="unlocked_groups must be in"):
-        lock_tower(model.visual, 1000)
+        model.visual.lock(1000)

@@ -14,17 +14,11 @@ from climp.analysis import (ContrastiveLoss, HessianOperator, HessianSettings, a
                             slq_quadratures, spectral_density, top_eigenpairs)
 from climp.analysis.eigen import lanczos
 from climp.analysis.hvp import DEFAULT_EPS_REL
-from test_analysis_models import (AttentionText, MeanPoolText, ScanText, TanhMLP, TinyClip, clip_batches,
+from analysis_models import (AttentionText, MeanPoolText, ScanText, TanhMLP, TinyClip, clip_batches,
                                   exact_hessian, mse_loss, regression_batches, shrunk_climp_tiny)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny matrices: one thread avoids OpenMP contention on the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # one thread: tiny matrices
 
 
 def mlp_setup(seed: int = 0):

@@ -13,9 +13,9 @@ from climp.models.mamba import (
     MambaConfig,
     MambaMixer,
     RMSNorm,
-    load_mamba_state_dict,
-    mamba_config_from_json,
+    mamba_init_,
 )
+from climp.models.pretrained import language_model_config_from_json, load_mamba_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -172,15 +172,6 @@ def test_grad_checkpointing_gives_identical_gradients():
         torch.testing.assert_close(ckpt[name], plain[name], rtol=0, atol=0, msg=name)
 
 
-def test_set_scan_backend_reaches_every_mixer():
-    model = MambaBackbone(tiny_cfg(scan_backend="auto"))
-    model.set_scan_backend("reference")
-    assert all(layer.mixer.scan_backend == "reference" for layer in model.layers)
-    model.set_scan_backend("nope")
-    with pytest.raises(ValueError, match="backend"):
-        model(torch.zeros(1, 3, dtype=torch.long))
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -287,6 +278,10 @@ def test_missing_and_corrupt_files(tmp_path):
         MambaBackbone.from_pretrained(tmp_path)
 
 
+def mamba_config_from_json(raw):
+    return language_model_config_from_json(raw, "mamba")
+
+
 def test_config_json_variants():
     assert mamba_config_from_json({"d_model": 8, "n_layer": 1, "vocab_size": 9}).padded_vocab_size == 16
     with pytest.raises(ValueError, match="mamba2"):
@@ -299,3 +294,21 @@ def test_config_json_variants():
         mamba_config_from_json({"d_model": 8, "n_layer": 1, "vocab_size": 9, "d_modle": 3})
     with pytest.raises(ValueError, match="neither"):
         mamba_config_from_json({"width": 8})
+
+
+@pytest.mark.parametrize("A_init_range", [None, (1.0, 16.0)])
+def test_mamba_init_sets_the_ssm_parameters_and_marks_them(A_init_range):
+    A_log, D, bias, weight = (torch.nn.Parameter(torch.zeros(*shape)) for shape in [(6, 4), (6,), (6,), (6, 3)])
+    mamba_init_(A_log, D, bias, weight, dt_min=0.01, dt_max=0.05, dt_init_floor=1e-4, dt_scale=2.0,
+                A_init_range=A_init_range)
+    if A_init_range is None:
+        torch.testing.assert_close(A_log.data, torch.log(torch.arange(1.0, 5.0)).expand(6, 4))
+    else:
+        assert A_log.exp().min() >= 1.0 and A_log.exp().max() <= 16.0 and A_log.unique().numel() == 24
+    assert torch.equal(D.data, torch.ones(6))
+    dt = F.softplus(bias.data)
+    assert dt.min() >= 0.01 - 1e-6 and dt.max() <= 0.05 + 1e-6
+    assert weight.abs().max() <= 2.0 / math.sqrt(3) and weight.std() > 0
+    assert all(getattr(p, "_no_weight_decay", False) for p in (A_log, D, bias)) and bias._no_reinit
+    with pytest.raises(ValueError, match="dt_init"):
+        mamba_init_(A_log, D, bias, weight, dt_init="zeros")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from climp.models.mamba2 import Mamba2Backbone, Mamba2Config, Mamba2Mixer, ssd_chunk_scan
+from climp.models.mamba2 import Mamba2Backbone, Mamba2Config, Mamba2Mixer
+from climp.ops import ssd_chunk_scan
 
 transformers = pytest.importorskip("transformers")
 

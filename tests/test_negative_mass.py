@@ -11,17 +11,12 @@ from torch import nn
 import climp.ops
 from climp.analysis import ContrastiveLoss, HessianOperator, HessianSettings, select_parameters, slq_quadratures
 from climp.analysis.negative_mass import DEFAULT_THRESHOLD_REL, negative_mass, quadrature_bracket
-from test_analysis_models import ScanText, TinyClip, clip_batches, exact_hessian, mse_loss
+from analysis_models import ScanText, TinyClip, clip_batches, exact_hessian, mse_loss
 
 DEFAULTS = HessianSettings()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # one thread: tiny matrices
 
 
 def outliers_and_bulk(n: int, seed: int, negative_share: float = 0.3) -> torch.Tensor:

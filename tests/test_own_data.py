@@ -6,10 +6,9 @@ import logging
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from climp.data.collate import ImageTextCollate, TruncatingTokenizer, truncate_token_rows
-from climp.data.sources import SkipCounter, Skipped
+from climp.data.sources import Skipped
 from climp.eval import EvalSettings, evaluate
 from climp.eval import command as eval_command
 from climp.eval.retrieval import class_level_recall, retrieval_recall
@@ -18,6 +17,7 @@ from climp.train.config import TrainConfig
 from climp.train.data import BatchStream
 from climp.train.trainer import eval_sets, format_results, smoothed_loss, train
 from eval_fakes import TinyClip
+from train_standins import SometimesBroken
 
 
 # ----------------------------------------------------------------------------- captions
@@ -44,21 +44,6 @@ def test_a_huge_caption_cannot_blow_up_the_batch():
 
 
 # ----------------------------------------------------------------------------- skipped samples
-
-class SometimesBroken(Dataset):
-    """Sample i is (image filled with i, caption); indices in `broken` are Skipped markers."""
-
-    def __init__(self, n=12, broken=(3, 7)):
-        self.n, self.broken, self.skips = n, set(broken), SkipCounter()
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if i in self.broken:
-            return self.skips.add("corrupt_image", f"row{i}")
-        return torch.full((3, 2, 2), float(i)), f"caption {i}"
-
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_samples_dropped_not_duplicated_and_counted_once(workers):
@@ -232,3 +217,19 @@ def test_empty_micro_batches_are_passed_over_and_all_bad_data_is_an_error():
                        batch_size=2, rank=0, world_size=1, seed=0)
     with pytest.raises(ValueError, match=r"no sample .* whole epoch \(skipped 4 samples \(corrupt_image: 4"):
         dead.next_step()
+
+
+def test_stream_resumed_at_the_end_of_an_epoch_moves_on_to_the_next():
+    """A run stopped after an epoch's last batch resumes there: nothing is drawn before the next
+    epoch, which is no sign of unusable data."""
+    stream = BatchStream(SometimesBroken(n=8, broken=()), ImageTextCollate(ClipBpeTokenizer()), batch_size=4,
+                         rank=0, world_size=1, seed=0, batch_in_epoch=2)
+    images, _ = stream.next_step()[0]
+    assert stream.position == {"epoch": 1, "batch_in_epoch": 1} and len(images) == 4
+
+
+def test_an_epoch_without_usable_samples_is_an_error():
+    stream = BatchStream(SometimesBroken(n=8, broken=range(8)), ImageTextCollate(ClipBpeTokenizer()),
+                         batch_size=4, rank=0, world_size=1, seed=0)
+    with pytest.raises(ValueError, match="no sample of the training data could be used in a whole epoch"):
+        stream.next_step()

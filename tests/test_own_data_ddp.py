@@ -12,7 +12,7 @@ from climp.data.collate import ImageTextCollate
 from climp.tokenizer import ClipBpeTokenizer
 from climp.train.data import BatchStream
 from climp.train.distributed import DistributedContext, gather_objects, min_across_ranks
-from test_own_data import SometimesBroken
+from train_standins import SometimesBroken
 
 BROKEN = (1, 2, 5, 6, 9, 10, 13, 14)
 

@@ -8,7 +8,7 @@ from climp.train.checkpoint import read_checkpoint, read_training_state
 from climp.train.metrics_log import read_metrics
 from climp.train.optim import warmup_cosine_factor
 from climp.train.trainer import Trainer, train
-from test_train_standins import run_steps, single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import run_steps, tiny_components, tiny_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 import climp
-from climp.models.freeze import layer_groups
 from climp.models.simba import EinFFT, NormedMamba, SiMBAConfig, SiMBAVisionTower
 from climp.ops.selective_scan import resolve_backend
 
@@ -192,7 +191,9 @@ def test_tower_on_the_fast_scan_path_matches_the_reference_backend(monkeypatch):
     results = []
     for backend in ("auto", "reference"):
         tower.zero_grad()
-        tower.set_scan_backend(backend)
+        for module in tower.modules():
+            if hasattr(module, "scan_backend"):
+                module.scan_backend = backend
         out = tower(images)
         out.square().sum().backward()
         results.append((out.detach(), [p.grad.clone() for p in tower.parameters()]))
@@ -308,7 +309,7 @@ def test_released_parameter_counts():
 
 def test_layer_groups_run_from_stem_to_head():
     tower = SiMBAVisionTower(tiny_config(), embed_dim=4)
-    groups = layer_groups(tower)
+    groups = tower.layer_groups()
     names = {id(p): n for n, p in tower.named_parameters()}
     assert len(groups) == 1 + sum(tower.cfg.depths) + 1
     assert sum(len(g) for g in groups) == len(names)

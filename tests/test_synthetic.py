@@ -1,6 +1,5 @@
 """The embedded synthetic-scenes benchmark: determinism, splits, captions, tasks, rendering."""
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -115,15 +114,6 @@ def test_object_area_and_colour_match_geometry(shape):
     offset = 0.0 if outline is None else np.hypot(*_polygon_centroid(outline))
     distance = np.hypot(xs.mean() + 0.5 - obj.x * 256, ys.mean() + 0.5 - obj.y * 256)
     assert abs(distance - offset * obj.radius * 256) < 0.05 * obj.radius * 256
-
-
-def test_render_speed():
-    ds = SyntheticScenes("train", num_samples=200, resolution=64)
-    start = time.perf_counter()
-    for i in range(200):
-        ds[i]
-    elapsed = time.perf_counter() - start
-    assert elapsed < 4.0, f"200 samples at 64px took {elapsed:.2f}s"
 
 
 def test_transform_is_applied():

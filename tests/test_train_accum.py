@@ -4,7 +4,7 @@ import torch
 
 from climp.train.precision import autocast, grad_scaler
 from climp.train.trainer import Trainer
-from test_train_standins import run_steps, single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import run_steps, tiny_components, tiny_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from climp.models.checkpoint_files import CONFIG_FILE, FORMAT
+from climp.models.weights import StateDictMismatchError, load_state_dict_strict
 from climp.train import checkpoint as ckpt
-from test_train_standins import TinyClip
+from train_standins import TinyClip
 
 
 def _save(root, step, model, ema=None):
@@ -56,11 +58,11 @@ def test_mismatched_weights_list_missing_and_unexpected_keys(tmp_path):
     state["extra.weight"] = torch.zeros(1)
     del state["visual.proj.bias"]
     state["text.proj.weight"] = torch.zeros(3, 3)
-    with pytest.raises(ckpt.CheckpointMismatchError) as err:
-        ckpt.load_weights_strict(TinyClip(), state, "ckpt X")
+    with pytest.raises(StateDictMismatchError) as err:
+        load_state_dict_strict(TinyClip(), state, "ckpt X")
     message = str(err.value)
     assert "visual.proj.bias" in message and "extra.weight" in message
-    assert "text.proj.weight: checkpoint (3, 3) vs model (8, 16)" in message
+    assert "text.proj.weight: (3, 3) vs model (8, 16)" in message
 
 
 def test_corrupt_files_raise_clear_errors(tmp_path):
@@ -89,5 +91,5 @@ def test_rng_state_round_trip_through_torch_save(tmp_path):
 
 def test_sidecar_is_json(tmp_path):
     path = _save(tmp_path, 7, TinyClip())
-    sidecar = json.loads((path / ckpt.CONFIG_FILE).read_text())
-    assert sidecar["format"] == ckpt.FORMAT and sidecar["step"] == 7
+    sidecar = json.loads((path / CONFIG_FILE).read_text())
+    assert sidecar["format"] == FORMAT and sidecar["step"] == 7

@@ -8,8 +8,9 @@ import torch
 from climp.train import command
 from climp.train.config import TrainConfig, resolve_config
 from climp.train.data import EpochBatchOrder, SeededSamples, sample_seed
-from climp.train.quick_eval import recall_at_k, zero_shot_accuracy
-from test_train_standins import SHAPES, TinyClip, TinyPairs, ZeroShotTask, tokenize, TinyLabelled
+from climp.eval.retrieval import retrieval_recall
+from climp.train.quick_eval import zero_shot_accuracy
+from train_standins import SHAPES, TinyClip, TinyPairs, ZeroShotTask, tokenize, TinyLabelled
 
 
 def _parse(argv):
@@ -101,9 +102,10 @@ def _brute_force_recall(sim, owner, k):
 
 def test_recall_matches_brute_force():
     torch.manual_seed(0)
-    sim = torch.randn(12, 30)
+    images, texts = torch.randn(12, 6), torch.randn(30, 6)
+    sim = images @ texts.T
     owner = torch.randint(0, 12, (30,))
-    results = recall_at_k(sim, owner, ks=(1, 5, 10))
+    results = retrieval_recall(images, texts, owner, ks=(1, 5, 10))
     for k in (1, 5, 10):
         i2t, t2i = _brute_force_recall(sim.tolist(), owner.tolist(), k)
         assert results[f"image_to_text_R@{k}"] == pytest.approx(i2t)
@@ -124,7 +126,18 @@ def test_zero_shot_accuracy_counts_correct_predictions():
                                 for row in ids]).float()
 
     task = ZeroShotTask("shape", SHAPES[:3], ["{}"], [s for s in map(TinyLabelled(0, 40).__getitem__, range(40)) if s[1] < 3])
-    assert zero_shot_accuracy(Oracle(), tokenize, task, torch.device("cpu")) == 1.0
+    assert zero_shot_accuracy(Oracle(), tokenize, task) == 1.0
     flipped = ZeroShotTask("shape", SHAPES[:3][::-1], ["{}"], task.dataset)
-    assert zero_shot_accuracy(Oracle(), tokenize, flipped, torch.device("cpu")) == pytest.approx(
+    assert zero_shot_accuracy(Oracle(), tokenize, flipped) == pytest.approx(
         sum(y == 1 for _, y in task.dataset) / len(task.dataset))
+
+
+def test_quick_evaluation_draws_no_progress_bars(capsys):
+    from climp.eval.features import encode_texts
+    from climp.train.quick_eval import quick_evaluate
+
+    encode_texts(TinyClip(), tokenize, ["a red star"])
+    assert "texts" in capsys.readouterr().err  # the full evaluation shows its progress
+    task = ZeroShotTask("shape", SHAPES, ["{}"], TinyLabelled(0, num_samples=6))
+    metrics = quick_evaluate(TinyClip(), tokenize, {"shape": task}, None)
+    assert set(metrics) == {"zeroshot_shape"} and capsys.readouterr().err == ""

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from climp.train.trainer import Trainer
-from test_train_standins import run_steps, single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import run_steps, tiny_components, tiny_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 STEPS = 3

@@ -9,7 +9,7 @@ from torch import nn
 from climp.train.ema import ModelEma
 from climp.train.loss import create_loss, logit_init_overrides
 from climp.train.optim import create_optimizer, create_scheduler, param_groups, warmup_cosine_factor
-from test_train_standins import TinyClip
+from train_standins import TinyClip
 
 
 class SsmLike(nn.Module):

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from climp.train.checkpoint import resolve_checkpoint
 from climp.train.trainer import Trainer, train
-from test_train_standins import run_steps, single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import run_steps, tiny_components, tiny_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -20,7 +20,7 @@ from climp.models.checkpoint_files import pointer_target
 from climp.train.metrics_log import read_metrics
 from climp.train.stopping import StopRequest, TrainingStopped
 from climp.train.trainer import Trainer, train
-from test_train_standins import single_thread, tiny_components, tiny_config  # noqa: F401 (fixture)
+from train_standins import tiny_components, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 

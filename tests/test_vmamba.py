@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from climp.models.vmamba import (
     SS2D,
-    VMAMBA_PRESETS,
     VMambaConfig,
     VMambaVisionTower,
     vmamba_checkpoint_to_tower,
 )
+from climp.models.factory import get_model_config
 from climp.ops import selective_scan_reference
 
 
@@ -167,10 +167,11 @@ def test_batch_independence_in_eval(tower):
     torch.testing.assert_close(with_c, alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name, millions", [("vmamba-t", 30), ("vmamba-s", 50), ("vmamba-b", 89)])
+@pytest.mark.parametrize("name, millions", [("climp-vmamba-t", 30), ("climp-vmamba-s", 50), ("climp-vmamba-b", 89)])
 def test_preset_parameter_counts(name, millions):
     with torch.device("meta"):
-        tower = VMambaVisionTower(VMambaConfig.from_dict(VMAMBA_PRESETS[name]), embed_dim=512)
+        vision_cfg = {k: v for k, v in get_model_config(name)["vision_cfg"].items() if k != "type"}
+        tower = VMambaVisionTower(VMambaConfig.from_dict(vision_cfg), embed_dim=512)
     count = sum(p.numel() for n, p in tower.named_parameters() if not n.startswith("head."))
     assert math.isclose(count / 1e6, millions, rel_tol=0.05), count
 
@@ -184,16 +185,6 @@ def test_vmamba_checkpoint_names_load():
     assert "layers.0.blocks.0.op.x_proj_weight" in official
     missing, unexpected = tower.load_state_dict(vmamba_checkpoint_to_tower(official), strict=False)
     assert missing == ["head.weight", "head.bias"] and unexpected == []
-
-
-def test_set_scan_backend_reaches_every_ss2d():
-    tower = VMambaVisionTower(tiny_config(), embed_dim=8)
-    tower.set_scan_backend("reference")
-    backends = {m.scan_backend for m in tower.modules() if isinstance(m, SS2D)}
-    assert backends == {"reference"} and tower.cfg.scan_backend == "reference"
-    tower.set_scan_backend("no-such-kernel")
-    with pytest.raises(ValueError, match="no-such-kernel"):
-        tower(torch.randn(1, 3, 32, 32))
 
 
 def test_attention_pool_is_a_softmax_weighted_mean_of_the_final_map():
@@ -299,3 +290,9 @@ def test_pool_options_are_validated():
         tiny_config(pool="max")
     with pytest.raises(ValueError, match="attn_pool_heads"):
         tiny_config(pool="attn", attn_pool_heads=5)
+
+
+def test_ss2d_marks_its_ssm_parameters_free_of_weight_decay():
+    ss2d_module = next(m for m in VMambaVisionTower(tiny_config(), embed_dim=8).modules() if isinstance(m, SS2D))
+    for param in (ss2d_module.A_logs, ss2d_module.Ds, ss2d_module.dt_projs_bias):
+        assert getattr(param, "_no_weight_decay", False)

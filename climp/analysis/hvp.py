@@ -11,13 +11,11 @@ ways to compute Hv:
   h = eps_rel * (1 + rms(theta)), rms the root mean square of the selected parameters (the size
   of a typical parameter, whatever their number). Two ordinary gradients per product (fast scan
   kernel, fused attention), no graph kept. The error is O(h^2) (truncation, largest along the top
-  eigenvectors) plus O(eps_mach / h) (rounding, largest along random directions). Measured as
-  ||Hv_fd - Hv|| / (||H|| ||v||) against double backward along the top eigenvector and random
-  directions, at the default steps (DEFAULT_EPS_REL): float64 (eps_rel 1e-7), at most 5e-10 on
-  the test networks and on float64 miniatures of every tower (VMamba, 1D Mamba, Mamba-2, ViT);
-  float32 (eps_rel 3e-4), at most 2e-4 on the test networks and 1e-4 on climp-tiny (float64
-  models compute in float64 end to end, so nothing rounds to float32 in between). The
-  parameters are restored bit for bit after each product.
+  eigenvectors) plus O(eps_mach / h) (rounding, largest along random directions); the default
+  steps (DEFAULT_EPS_REL) balance the two for each parameter dtype, and the tests bound
+  ||Hv_fd - Hv|| / (||H|| ||v||) against double backward for every tower in float64 (float64
+  models compute in float64 end to end). The parameters are restored bit for bit after each
+  product.
 
 Vectors are flat float64 tensors over the selected parameters, so the Krylov methods built on
 top (Lanczos, Hutchinson) keep their orthogonality in double precision whatever the model's dtype.
@@ -40,7 +38,7 @@ DEFAULT_EPS_REL = {torch.float64: 1e-7, torch.float32: 3e-4}
 
 
 def default_eps_rel(dtype: torch.dtype) -> float:
-    """Relative finite-difference step for parameters of `dtype` (measured, see the module docstring)."""
+    """Relative finite-difference step for parameters of `dtype` (see the module docstring)."""
     if dtype not in DEFAULT_EPS_REL:
         raise ValueError(f"finite-difference Hessian-vector products need float32 or float64 parameters, got {dtype}")
     return DEFAULT_EPS_REL[dtype]

@@ -21,7 +21,7 @@ from .landscape import filter_normalized_direction, loss_slice
 from .negative_mass import DEFAULT_THRESHOLD_REL, negative_mass
 from .params import select_parameters
 from .trace import hutchinson_trace, rademacher
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from ..settings import setting
 
 LANDSCAPE_MODES = ("none", "1d", "2d")

@@ -1,10 +1,13 @@
-"""Batched encoding of images and texts into L2-normalised embeddings (with tqdm progress).
+"""Batched encoding of images and texts into L2-normalised embeddings (with tqdm progress, off
+inside `no_progress()`).
 
 Images travel as float pixels in [0, 1] until the last step, so image shifts and resolution
 changes can act on them before CLIP's normalisation.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -19,6 +22,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ImageFn = Callable[[Any], torch.Tensor]
+_QUIET = contextvars.ContextVar("climp_eval_quiet", default=False)
 Template = Union[str, Callable[[str], str]]
 
 
@@ -88,6 +92,16 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+@contextlib.contextmanager
+def no_progress() -> Iterator[None]:
+    """Encode without progress bars inside this block (evaluation inside a training run)."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -102,7 +116,7 @@ def encode_dataset(model: torch.nn.Module, dataset: Iterable, image_fn: ImageFn,
     device = model_device(model)
     feats, columns = [], None
     total = len(dataset) if hasattr(dataset, "__len__") else None
-    with tqdm(total=total, desc=desc, leave=False) as bar:
+    with tqdm(total=total, desc=desc, leave=False, disable=_QUIET.get()) as bar:
         for batch in batched(iterate_samples(dataset), batch_size):
             images = torch.stack([image_fn(sample[0]) for sample in batch]).to(device)
             feats.append(F.normalize(model.encode_image(images).float(), dim=-1).cpu())
@@ -126,7 +140,7 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
         raise ValueError("no texts to encode")
     device = model_device(model)
     out = []
-    for chunk in tqdm(list(batched(texts, batch_size)), desc=desc, leave=False):
+    for chunk in tqdm(list(batched(texts, batch_size)), desc=desc, leave=False, disable=_QUIET.get()):
         ids = tokenizer(list(chunk)).to(device)
         out.append(F.normalize(model.encode_text(ids).float(), dim=-1).cpu())
     return torch.cat(out)

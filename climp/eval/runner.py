@@ -21,7 +21,7 @@ from .shape_bias import CueConflictFolder, evaluate_shape_bias
 from .shifts import SHIFTS, get_shift, shift_op
 from .spurious import evaluate_spurious
 from .zeroshot import evaluate_zero_shot, zero_shot_logits
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from ..settings import setting
 
 TASKS = ("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness", "shape_bias",

@@ -1,4 +1,5 @@
-"""Where a `climp train` checkpoint lives on disk, and reading its config sidecar safely.
+"""Where a `climp train` checkpoint lives on disk, writing its model files, and reading its
+config sidecar safely.
 
 A run writes `<run>/checkpoints/step_<N>/` directories (weights, `config.json` sidecar, training
 state) and a `<run>/checkpoints/latest` pointer file naming the newest one. Every place that
@@ -19,6 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+import torch
+from safetensors.torch import save_file
+
 PathLike = Union[str, Path]
 
 MODEL_FILE = "model.safetensors"
@@ -28,6 +32,7 @@ STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
 CHECKPOINTS_DIR = "checkpoints"
 SIDECAR_HASH_KEY = "config_sha256"
+FORMAT = "climp-checkpoint-v1"
 STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -154,3 +159,22 @@ def read_sidecar(directory: PathLike) -> Dict[str, Any]:
     if tokenizer and not Path(tokenizer).exists():
         raise FileNotFoundError(f"tokenizer path {tokenizer} named in checkpoint config {file} does not exist")
     return sidecar
+
+
+def _detached_copy(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; a CPU clone has neither.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def write_model_files(directory: Union[str, Path], model_state: Mapping[str, torch.Tensor], sidecar: Mapping[str, Any],
+                      ema_state: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+    """Write the weights (safetensors, bound to the sidecar by its hash) and the JSON sidecar of a
+    model into `directory`: the layout `create_model(name, pretrained=directory)` and
+    `load_checkpoint` read."""
+    directory = Path(directory)
+    text = json.dumps({"format": FORMAT, **sidecar}, indent=2, sort_keys=True, default=str)
+    metadata = {"format": FORMAT, SIDECAR_HASH_KEY: sidecar_digest(json.loads(text))}
+    save_file(_detached_copy(model_state), str(directory / MODEL_FILE), metadata=metadata)
+    if ema_state is not None:
+        save_file(_detached_copy(ema_state), str(directory / EMA_FILE), metadata=metadata)
+    (directory / CONFIG_FILE).write_text(text)

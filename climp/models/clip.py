@@ -99,27 +99,15 @@ class CLIP(nn.Module):
 
     def lock_image_tower(self, unlocked_groups: int = 0) -> None:
         """Freeze the image tower but its last `unlocked_groups` layer groups (head included)."""
-        from .freeze import lock_tower
-
-        lock_tower(self.visual, unlocked_groups)
+        self.visual.lock(unlocked_groups)
 
     def lock_text_tower(self, unlocked_groups: int = 0) -> None:
         """Freeze the text tower but its last `unlocked_groups` layer groups (head included)."""
-        from .freeze import lock_tower
-
-        lock_tower(self.text, unlocked_groups)
+        self.text.lock(unlocked_groups)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
-
-    def get_logits(self, images: torch.Tensor, token_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(image->text, text->image) similarity logits, scaled and biased."""
-        out = self(images, token_ids)
-        logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
-        if out["logit_bias"] is not None:
-            logits = logits + out["logit_bias"]
-        return logits, logits.T
 
     def forward(self, images: Optional[torch.Tensor] = None, token_ids: Optional[torch.Tensor] = None) -> Dict[str, Any]:
         """Normalised features plus exp'd logit scale and bias: the dict open_clip's losses take."""

@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .checkpoint_files import write_model_files
 from .factory import get_model_config, merge_overrides, model_from_config
 from .released import WEIGHT_CHOICES, infer_model_name, read_released, to_climp_state_dict
 from .weights import check_state_dict
@@ -40,7 +41,6 @@ def convert_released(src: PathLike, out: PathLike, model_name: Optional[str] = N
     converted = to_climp_state_dict(state, fmt, cfg["vision_cfg"].get("type"), weights)
     check_state_dict(model.state_dict(), converted, source=f"{src} ({fmt} layout) for {name}")
 
-    from ..train.checkpoint import write_model_files
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

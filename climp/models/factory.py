@@ -24,7 +24,6 @@ from .released import read_released, to_climp_state_dict
 from .weights import load_state_dict_strict, read_state_dict
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-CONFIG_SIDECAR = CONFIG_FILE
 
 
 @lru_cache(maxsize=None)
@@ -114,7 +113,7 @@ def create_model(
     cfg = get_model_config(name)
     if pretrained is not None:
         pretrained = resolve_checkpoint_path(pretrained)
-        if pretrained.is_dir() and (pretrained / CONFIG_SIDECAR).is_file():
+        if pretrained.is_dir() and (pretrained / CONFIG_FILE).is_file():
             cfg = read_sidecar(pretrained).get("model_cfg", cfg)
     cfg = merge_overrides(cfg, overrides)
     if pretrained is not None:
@@ -186,12 +185,12 @@ def _checkpoint_directory(path: Union[str, Path]) -> Optional[Path]:
     if not Path(path).exists() and Path(path).name != "latest":
         return None
     directory = resolve_checkpoint_path(path)
-    return directory if directory.is_dir() and (directory / CONFIG_SIDECAR).is_file() else None
+    return directory if directory.is_dir() and (directory / CONFIG_FILE).is_file() else None
 
 
 def _sidecar_model_cfg(sidecar: Dict[str, Any], directory: Path) -> Dict[str, Any]:
     if "model_cfg" not in sidecar:
-        raise ValueError(f"{directory / CONFIG_SIDECAR} has no 'model_cfg' entry")
+        raise ValueError(f"{directory / CONFIG_FILE} has no 'model_cfg' entry")
     return sidecar["model_cfg"]
 
 
@@ -200,7 +199,7 @@ def load_checkpoint(path: Union[str, Path], device: Optional[Union[str, torch.de
     run directory, its `checkpoints/` directory or `checkpoints/latest`."""
     directory = _checkpoint_directory(path)
     if directory is None:
-        raise FileNotFoundError(f"{path} is not a CLIMP checkpoint (no {CONFIG_SIDECAR} next to the weights)")
+        raise FileNotFoundError(f"{path} is not a CLIMP checkpoint (no {CONFIG_FILE} next to the weights)")
     sidecar = read_sidecar(directory)
     model = model_from_config(with_local_tokenizer(_sidecar_model_cfg(sidecar, directory), directory))
     model.model_name = sidecar.get("model_name", str(directory))

@@ -1,15 +1,14 @@
 """Mamba-1: RMSNorm, the selective-SSM mixer, the pre-norm residual block and a token backbone.
 
 Parameter names and initialisation follow mamba_ssm (and transformers' MambaModel, which uses the
-same names), so their checkpoints load with a key rename only (`load_mamba_state_dict`).
+same names), so their checkpoints load with a key rename only (models/pretrained.py).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,8 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from climp.ops import causal_conv1d_silu, selective_scan
 
-from .weights import load_state_dict_strict, read_state_dict
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -52,6 +50,50 @@ def resolve_dt_rank(dt_rank: Union[int, str], d_model: int) -> int:
     if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
         raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
     return dt_rank
+
+
+@torch.no_grad()
+def mamba_init_(
+    A_log: torch.Tensor,
+    D: torch.Tensor,
+    dt_bias: torch.Tensor,
+    dt_weight: Optional[torch.Tensor] = None,
+    dt_min: float = 0.001,
+    dt_max: float = 0.1,
+    dt_init_floor: float = 1e-4,
+    dt_scale: float = 1.0,
+    dt_init: str = "random",
+    A_init_range: Optional[Tuple[float, float]] = None,
+) -> None:
+    """Mamba's SSM initialisation, in place, for every Mamba variant here; marks A_log, D and the
+    dt bias as free of weight decay (and the bias as kept by later bias-zeroing inits).
+
+    dt_weight (the low-rank time-step projection, rank = its last dim) is uniform in
+    +-dt_scale / sqrt(rank) ("random") or constant at that bound; softplus(dt_bias) is log-uniform
+    in [dt_min, dt_max], floored at dt_init_floor; A_log is log(1..d_state) along its last dim
+    (S4D-real) or, given A_init_range, log of a uniform draw from it (Mamba-2's per-head A);
+    D is 1. Random draws happen in that order.
+    """
+    if dt_init not in ("random", "constant"):
+        raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+    if dt_weight is not None:
+        std = dt_weight.shape[-1] ** -0.5 * dt_scale
+        if dt_init == "constant":
+            dt_weight.fill_(std)
+        else:
+            dt_weight.uniform_(-std, std)
+    u = torch.rand(dt_bias.shape, device=dt_bias.device)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+    if A_init_range is None:
+        states = torch.arange(1, A_log.shape[-1] + 1, dtype=torch.float32, device=A_log.device)
+        A_log.copy_(torch.log(states).expand_as(A_log))
+    else:
+        A_log.copy_(torch.empty(A_log.shape, device=A_log.device).uniform_(*A_init_range).log())
+    D.fill_(1.0)
+    for p in (A_log, D, dt_bias):
+        p._no_weight_decay = True
+    dt_bias._no_reinit = True
 
 
 class MambaMixer(nn.Module):
@@ -100,27 +142,8 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
-        for p in (self.A_log, self.D, self.dt_proj.bias):
-            p._no_weight_decay = True
-        self.dt_proj.bias._no_reinit = True  # MambaBackbone.init_weights keeps its dt init
-        self.reset_ssm_parameters(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
-
-    @torch.no_grad()
-    def reset_ssm_parameters(
-        self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, dt_init_floor: float
-    ) -> None:
-        """S4D-real A, unit D, and a dt_proj whose softplus(bias) is log-uniform in [dt_min, dt_max]."""
-        std = self.dt_rank ** -0.5 * dt_scale
-        if dt_init == "constant":
-            nn.init.constant_(self.dt_proj.weight, std)
-        else:
-            nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = log_dt.exp().clamp(min=dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
-        self.A_log.copy_(torch.log(A))
-        self.D.fill_(1.0)
+        mamba_init_(self.A_log, self.D, self.dt_proj.bias, self.dt_proj.weight, dt_min=dt_min, dt_max=dt_max,
+                    dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
@@ -180,10 +203,8 @@ class MambaConfig(FromDict):
     scan_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MambaConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand",
+                                   "pad_vocab_size_multiple")
         resolve_dt_rank(self.dt_rank, self.d_model)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"MambaConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
@@ -196,6 +217,8 @@ class MambaConfig(FromDict):
 
 class MambaBackbone(nn.Module):
     """Token embedding, a stack of Mamba blocks and a final RMSNorm: ids (B, L) -> (B, L, d_model)."""
+
+    model_type = "mamba"  # transformers' name for the checkpoints this backbone loads
 
     def __init__(self, cfg: MambaConfig):
         super().__init__()
@@ -237,12 +260,6 @@ class MambaBackbone(nn.Module):
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every mixer's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for layer in self.layers:
-            layer.mixer.scan_backend = backend
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embedding(input_ids)
         for layer in self.layers:
@@ -252,179 +269,15 @@ class MambaBackbone(nn.Module):
                 x = layer(x)
         return self.norm_f(x)
 
-    @staticmethod
-    def read_checkpoint(path: Union[str, Path]) -> Tuple[MambaConfig, Dict[str, torch.Tensor]]:
-        """(config, raw state dict) of a checkpoint directory of this backbone's kind."""
-        return read_mamba_checkpoint(path)
-
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], **overrides: Any) -> "MambaBackbone":
         """Load a transformers (MambaModel / MambaForCausalLM, or their Mamba-2 twins for
         Mamba2Backbone) or mamba_ssm checkpoint directory. `overrides` replace config fields."""
-        cfg, state_dict = cls.read_checkpoint(path)
+        from .pretrained import load_mamba_state_dict, read_language_model_checkpoint
+
+        cfg, state_dict = read_language_model_checkpoint(path, cls.model_type)
         if overrides:
             cfg = type(cfg).from_dict({**cfg.to_dict(), **overrides})
         model = cls(cfg)
         load_mamba_state_dict(model, state_dict)
         return model
-
-
-# ----------------------------------------------------------------------------- checkpoint import
-
-_HF_CONFIG_KEYS = {
-    "hidden_size": "d_model",
-    "num_hidden_layers": "n_layer",
-    "vocab_size": "vocab_size",
-    "state_size": "d_state",
-    "conv_kernel": "d_conv",
-    "expand": "expand",
-    "time_step_rank": "dt_rank",
-    "time_step_min": "dt_min",
-    "time_step_max": "dt_max",
-    "time_step_init_scheme": "dt_init",
-    "time_step_scale": "dt_scale",
-    "time_step_floor": "dt_init_floor",
-    "use_conv_bias": "conv_bias",
-    "use_bias": "bias",
-    "layer_norm_epsilon": "norm_eps",
-}
-_SSM_CFG_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
-                 "dt_init_floor", "conv_bias", "bias"}
-_SSM_CFG_IGNORED = {"layer", "use_fast_path"}
-_MAMBA_SSM_TOP_KEYS = {"d_model", "n_layer", "vocab_size", "ssm_cfg", "pad_vocab_size_multiple",
-                       "d_intermediate", "attn_layer_idx", "attn_cfg", "rms_norm", "residual_in_fp32",
-                       "fused_add_norm", "tie_embeddings"}
-
-
-def _hf_config_to_mamba(raw: Mapping[str, Any]) -> MambaConfig:
-    """transformers' MambaConfig JSON -> MambaConfig. Generic PreTrainedConfig fields are ignored."""
-    if raw.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"only hidden_act='silu' is supported, got {raw['hidden_act']!r}")
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "vocab_size") if k not in raw]
-    if missing:
-        raise ValueError(f"transformers Mamba config.json lacks {missing}")
-    cfg = MambaConfig.from_dict({ours: raw[theirs] for theirs, ours in _HF_CONFIG_KEYS.items() if theirs in raw})
-    inner = raw.get("intermediate_size")
-    if inner is not None and inner != cfg.expand * cfg.d_model:
-        raise ValueError(f"intermediate_size {inner} != expand * hidden_size = {cfg.expand * cfg.d_model}")
-    return cfg
-
-
-def mamba_ssm_backbone_fields(raw: Mapping[str, Any], ssm_cfg: Mapping[str, Any], ssm_keys: Iterable[str]) -> Dict[str, Any]:
-    """The backbone fields of a mamba_ssm MixerModel config plus its known ssm_cfg entries, after
-    rejecting what a pure-SSM backbone lacks (MLP blocks, attention layers, LayerNorm); shared by
-    the Mamba-1 and Mamba-2 importers."""
-    if raw.get("d_intermediate", 0):
-        raise ValueError("mamba_ssm checkpoints with MLP blocks (d_intermediate > 0) are not supported")
-    if raw.get("attn_layer_idx"):
-        raise ValueError("mamba_ssm checkpoints with attention layers (attn_layer_idx) are not supported")
-    if not raw.get("rms_norm", True):
-        raise ValueError("mamba_ssm checkpoints with LayerNorm (rms_norm=false) are not supported")
-    fields = {k: raw[k] for k in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple") if k in raw}
-    fields.update({k: v for k, v in ssm_cfg.items() if k in set(ssm_keys)})
-    return fields
-
-
-def _mamba_ssm_config_to_mamba(raw: Mapping[str, Any]) -> MambaConfig:
-    """mamba_ssm's MambaConfig JSON -> MambaConfig; rejects features this backbone does not have."""
-    unknown = sorted(set(raw) - _MAMBA_SSM_TOP_KEYS)
-    if unknown:
-        raise ValueError(f"unknown mamba_ssm config keys {unknown}")
-    ssm_cfg = dict(raw.get("ssm_cfg") or {})
-    if ssm_cfg.get("layer", "Mamba1") != "Mamba1":
-        raise ValueError(f"only Mamba1 layers are supported here, got ssm_cfg.layer={ssm_cfg['layer']!r}")
-    unknown = sorted(set(ssm_cfg) - _SSM_CFG_KEYS - _SSM_CFG_IGNORED)
-    if unknown:
-        raise ValueError(f"unknown mamba_ssm ssm_cfg keys {unknown}")
-    d = mamba_ssm_backbone_fields(raw, ssm_cfg, _SSM_CFG_KEYS)
-    return MambaConfig.from_dict(d)
-
-
-def mamba_config_from_json(raw: Mapping[str, Any]) -> MambaConfig:
-    """Parse a transformers (`hidden_size`, ...) or mamba_ssm (`d_model`, ...) config dict."""
-    model_type = raw.get("model_type")
-    if model_type is not None and model_type != "mamba":
-        raise ValueError(f"expected a Mamba-1 checkpoint (model_type 'mamba'), got model_type={model_type!r}")
-    if "hidden_size" in raw:
-        return _hf_config_to_mamba(raw)
-    if "d_model" in raw:
-        return _mamba_ssm_config_to_mamba(raw)
-    raise ValueError("config.json is neither a transformers Mamba config (hidden_size, ...) "
-                     "nor a mamba_ssm config (d_model, ...)")
-
-
-def read_mamba_weights(directory: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """The raw state dict of a checkpoint directory: model.safetensors, pytorch_model.bin, or a
-    sharded set described by model.safetensors.index.json / pytorch_model.bin.index.json."""
-    directory = Path(directory)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return read_state_dict(directory / name)
-    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index_file = directory / name
-        if index_file.is_file():
-            shards = sorted(set(read_json(index_file).get("weight_map", {}).values()))
-            if not shards:
-                raise ValueError(f"{index_file} has no weight_map")
-            state_dict: Dict[str, torch.Tensor] = {}
-            for shard in shards:
-                if not (directory / shard).is_file():
-                    raise FileNotFoundError(f"shard {shard} listed in {index_file} is missing")
-                state_dict.update(read_state_dict(directory / shard))
-            return state_dict
-    raise FileNotFoundError(
-        f"no weights in {directory}: expected model.safetensors, pytorch_model.bin or a sharded index"
-    )
-
-
-def read_json(file: Path) -> Dict[str, Any]:
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from e
-
-
-def read_mamba_checkpoint(path: Union[str, Path]) -> Tuple[MambaConfig, Dict[str, torch.Tensor]]:
-    """(config, raw state dict) of a transformers or mamba_ssm Mamba-1 checkpoint directory."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"Mamba checkpoint directory not found: {directory}")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in Mamba checkpoint directory {directory}")
-    return mamba_config_from_json(read_json(config_file)), read_mamba_weights(directory)
-
-
-def rename_mamba_key(key: str) -> Optional[str]:
-    """Map a transformers/mamba_ssm key onto MambaBackbone's names; None for keys to drop (lm_head)."""
-    if key.startswith("lm_head."):
-        return None
-    if key.startswith("backbone."):
-        key = key[len("backbone."):]
-    if key.startswith("embeddings."):
-        key = "embedding." + key[len("embeddings."):]
-    return key
-
-
-def load_mamba_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a mamba_ssm / transformers Mamba-1 state dict into `model` (strict).
-
-    Renames keys (`backbone.` prefix, `embeddings` -> `embedding`, drops `lm_head`), pads the
-    embedding with zero rows up to the model's padded vocabulary, and raises ValueError listing
-    missing, unexpected or wrongly shaped entries.
-    """
-    renamed: Dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        new_key = rename_mamba_key(key)
-        if new_key is not None:
-            renamed[new_key] = value
-    own_emb = model.embedding.weight
-    emb = renamed.get("embedding.weight")
-    if emb is not None and emb.dim() == 2 and emb.shape[1] == own_emb.shape[1]:
-        rows = own_emb.shape[0]
-        if emb.shape[0] > rows:
-            raise ValueError(f"checkpoint embedding has {emb.shape[0]} rows but the model's padded "
-                             f"vocabulary has only {rows}; raise vocab_size")
-        if emb.shape[0] < rows:
-            renamed["embedding.weight"] = torch.cat([emb, emb.new_zeros(rows - emb.shape[0], emb.shape[1])])
-    load_state_dict_strict(model, renamed, source="Mamba checkpoint")

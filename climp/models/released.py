@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Set, Tuple, Union
 
 import torch
 
-from .mamba import rename_mamba_key
+from .pretrained import rename_mamba_key
 from .weights import read_raw_checkpoint, resolve_weight_file, state_dict_from_object
 
 PathLike = Union[str, Path]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,24 +29,14 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
+from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaMixer
 from .validation import check_images
 
 CHANNEL_MIXERS = ("mlp", "einfft")
 NUM_STAGES = 4
 STEM_STRIDE = 4
-
-# The released SiMBA-S/B/L shapes (CLIP-Mamba's simba_s / simba_b / simba_l).
-SIMBA_PRESETS: Dict[str, Dict[str, Any]] = {
-    "simba-s": {"stem_hidden_dim": 32, "embed_dims": [64, 128, 320, 448], "mlp_ratios": [8, 8, 4, 4],
-                "depths": [3, 4, 6, 3], "drop_path_rate": 0.1},
-    "simba-b": {"stem_hidden_dim": 64, "embed_dims": [64, 128, 320, 512], "mlp_ratios": [8, 8, 4, 4],
-                "depths": [3, 4, 12, 3], "drop_path_rate": 0.1},
-    "simba-l": {"stem_hidden_dim": 64, "embed_dims": [96, 192, 384, 512], "mlp_ratios": [8, 8, 4, 4],
-                "depths": [3, 6, 18, 3], "drop_path_rate": 0.3},
-}
-
 
 @dataclass
 class SiMBAConfig(FromDict):
@@ -81,10 +71,7 @@ class SiMBAConfig(FromDict):
             values = getattr(self, name)
             if len(values) != NUM_STAGES or min(values) <= 0:
                 raise ValueError(f"SiMBAConfig.{name} must hold {NUM_STAGES} positive numbers, got {values}")
-        for name in ("image_size", "in_chans", "stem_hidden_dim", "einfft_blocks", "d_state", "d_conv", "expand"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SiMBAConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("image_size", "in_chans", "stem_hidden_dim", "einfft_blocks", "d_state", "d_conv", "expand")
         if self.channel_mixer not in CHANNEL_MIXERS:
             raise ValueError(f"unknown channel_mixer {self.channel_mixer!r}; choose from {CHANNEL_MIXERS}")
         if self.channel_mixer == "einfft":
@@ -263,7 +250,7 @@ class SiMBABlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), height, width))
 
 
-class SiMBAVisionTower(nn.Module):
+class SiMBAVisionTower(LockableTower, nn.Module):
     """SiMBA backbone + class-token pooling + bias-free projection: (B, 3, H, W) -> (B, embed_dim)."""
 
     def __init__(self, cfg: SiMBAConfig, embed_dim: int) -> None:
@@ -294,16 +281,21 @@ class SiMBAVisionTower(nn.Module):
         """(patch embed, blocks, norm) of stage `index` (0-based)."""
         return getattr(self, f"patch_embed{index + 1}"), getattr(self, f"block{index + 1}"), getattr(self, f"norm{index + 1}")
 
+    def layer_group_prefixes(self) -> Groups:
+        """The stem, one group per block (a stage's norm and the next downsample join its last
+        block), the head."""
+        groups: Groups = [["patch_embed1."]]
+        stages = len(self.cfg.depths)
+        for s in range(1, stages + 1):
+            blocks = block_groups(getattr(self, f"block{s}"), f"block{s}")
+            if s < stages:
+                blocks[-1] += [f"norm{s}.", f"patch_embed{s + 1}."]
+            groups += blocks
+        return groups + [["post_network.", f"norm{stages}.", "head."]]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in backward instead of storing its activations."""
         self.grad_checkpointing = enable
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every Mamba mixer's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, MambaMixer):
-                module.scan_backend = backend
 
     def _run_block(self, block: SiMBABlock, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():

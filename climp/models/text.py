@@ -13,11 +13,12 @@ import torch
 from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer, text_global_pool
 from torch import nn
 
+from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaBackbone, MambaConfig
 from .mamba2 import Mamba2Backbone, Mamba2Config
 from .validation import check_token_ids
 from .weights import load_state_dict_strict
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 
 def check_text_input(token_ids: torch.Tensor, pad_id: int, vocab_size: int, context_length: Optional[int] = None) -> None:
@@ -86,7 +87,7 @@ class Mamba2TextConfig(Mamba2Config):
         check_pooling(self)
 
 
-class MambaTextTower(nn.Module):
+class MambaTextTower(LockableTower, nn.Module):
     """Mamba backbone, pooling at the last non-padding token, Linear projection to embed_dim."""
 
     context_length: Optional[int] = None  # no limit: any caption length is read
@@ -99,6 +100,11 @@ class MambaTextTower(nn.Module):
         self.backbone = self.backbone_class(cfg)
         self.proj = nn.Linear(cfg.d_model, embed_dim, bias=cfg.proj_bias)
         nn.init.normal_(self.proj.weight, std=cfg.d_model ** -0.5)
+
+    def layer_group_prefixes(self) -> Groups:
+        """The token embedding, one group per block, the final norm and projection."""
+        return ([["backbone.embedding."]] + block_groups(self.backbone.layers, "backbone.layers")
+                + [["backbone.norm_f.", "proj."]])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -160,18 +166,14 @@ class TransformerTextConfig(FromDict):
     quick_gelu: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("context_length", "vocab_size", "width", "heads", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TransformerTextConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("context_length", "vocab_size", "width", "heads", "layers")
         if self.width % self.heads:
             raise ValueError(f"TransformerTextConfig.width {self.width} is not divisible by heads {self.heads}")
         if self.pool_type not in ("argmax", "eos"):
             raise ValueError(f"TransformerTextConfig.pool_type must be 'argmax' or 'eos', got {self.pool_type!r}")
 
 
-
-class TransformerTextTower(TextTransformer):
+class TransformerTextTower(LockableTower, TextTransformer):
     """open_clip's TextTransformer (same parameter names: token_embedding, positional_embedding,
     transformer, ln_final, text_projection) reading right-padded ids of any length up to
     context_length; the causal mask and positional embedding are cut to the input length."""
@@ -194,6 +196,12 @@ class TransformerTextTower(TextTransformer):
             norm_layer=LayerNorm,
         )
         self.cfg = cfg
+
+    def layer_group_prefixes(self) -> Groups:
+        """The embeddings, one group per block, the final norm and projection."""
+        return ([["token_embedding.", "positional_embedding"]]
+                + block_groups(self.transformer.resblocks, "transformer.resblocks")
+                + [["ln_final.", "text_projection"]])
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         check_text_input(token_ids, self.pad_id, self.vocab_size, self.context_length)

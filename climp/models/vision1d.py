@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Union
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -17,18 +17,10 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
+from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaBlock, MambaMixer, RMSNorm, resolve_dt_rank
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from .validation import check_images
-
-# Sizes after Vim-Ti / Vim-S (d_model 192 / 384, 24 layers, 16-pixel patches).
-MAMBA1D_PRESETS: Dict[str, Dict[str, Any]] = {
-    "mamba1d-t": {"patch_size": 16, "d_model": 192, "n_layer": 24, "d_state": 16, "expand": 2,
-                  "bidirectional": True, "drop_path_rate": 0.0},
-    "mamba1d-s": {"patch_size": 16, "d_model": 384, "n_layer": 24, "d_state": 16, "expand": 2,
-                  "bidirectional": True, "drop_path_rate": 0.05},
-}
-
 
 @dataclass
 class Mamba1DVisionConfig(FromDict):
@@ -50,10 +42,7 @@ class Mamba1DVisionConfig(FromDict):
     scan_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "in_chans", "d_model", "n_layer", "d_state", "d_conv", "expand"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Mamba1DVisionConfig.{name} must be a positive int, got {value!r}")
+        self.require_positive_ints("image_size", "patch_size", "in_chans", "d_model", "n_layer", "d_state", "d_conv", "expand")
         resolve_dt_rank(self.dt_rank, self.d_model)
         if self.pos_embed and self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
@@ -73,7 +62,7 @@ class BidirectionalMixer(nn.Module):
         return self.forward_mixer(x) + self.backward_mixer(x.flip(1)).flip(1)
 
 
-class Mamba1DVisionTower(nn.Module):
+class Mamba1DVisionTower(LockableTower, nn.Module):
     """(B, 3, H, W) float images -> (B, embed_dim); any H, W divisible by `cfg.patch_size`."""
 
     def __init__(self, cfg: Mamba1DVisionConfig, embed_dim: int) -> None:
@@ -119,17 +108,13 @@ class Mamba1DVisionTower(nn.Module):
     def num_features(self) -> int:
         return self.cfg.d_model
 
+    def layer_group_prefixes(self) -> Groups:
+        """The patch embedding, one group per block, the final norm and head."""
+        return [["patch_embed.", "pos_embed"]] + block_groups(self.layers, "layers") + [["norm_f.", "head."]]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each Mamba block in backward instead of storing its activations."""
         self.grad_checkpointing = enable
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every mixer's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, MambaMixer):
-                module.scan_backend = backend
-
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features (+ position embedding resized to the grid) as a row-major (B, L, d_model)."""

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from open_clip.transformer import LayerNorm, VisionTransformer
 from torch import nn
 
+from .freeze import Groups, LockableTower, block_groups
 from .validation import check_images
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 
 
 @dataclass
@@ -49,7 +50,7 @@ def resize_grid_embedding(pos_embed: torch.Tensor, old_grid: tuple, new_grid: tu
     return torch.cat([cls_tok, grid], dim=0)
 
 
-class ViTVisionTower(VisionTransformer):
+class ViTVisionTower(LockableTower, VisionTransformer):
     """open_clip's VisionTransformer with input checks and any-resolution inputs."""
 
     def __init__(self, cfg: ViTVisionConfig, embed_dim: int):
@@ -73,6 +74,11 @@ class ViTVisionTower(VisionTransformer):
         if cfg.patch_bias:
             self.conv1 = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=True)
         self.cfg = cfg
+
+    def layer_group_prefixes(self) -> Groups:
+        """The patch embedding with class and position embeddings, one group per block, the head."""
+        return ([["conv1.", "class_embedding", "positional_embedding", "ln_pre."]]
+                + block_groups(self.transformer.resblocks, "transformer.resblocks") + [["ln_post.", "proj"]])
 
     @property
     def stride(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -20,8 +20,9 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from climp.ops import ss2d
-from ..dataconfig import FromDict
-from .mamba import at_least_float32
+from ..config_mixin import FromDict
+from .freeze import Groups, LockableTower, block_groups
+from .mamba import at_least_float32, mamba_init_
 from .validation import check_images
 
 NUM_DIRECTIONS = 4
@@ -35,26 +36,6 @@ FORWARD_TYPES: Dict[str, bool] = {"v2": True, "v05": True, "v2_noz": False, "v05
 
 # Downsample versions between stages: conv kernel size and padding (stride 2, then LayerNorm).
 DOWNSAMPLE_KERNELS: Dict[str, Tuple[int, int]] = {"v2": (2, 0), "v3": (3, 1)}
-
-# VMamba v2 ImageNet backbones (classification/configs/vssm/vmambav2_{tiny,small,base}_224.yaml).
-VMAMBA_PRESETS: Dict[str, Dict[str, Any]] = {
-    "vmamba-t": {
-        "depths": [2, 2, 5, 2], "dims": 96, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
-        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
-        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.2,
-    },
-    "vmamba-s": {
-        "depths": [2, 2, 15, 2], "dims": 96, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
-        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
-        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.3,
-    },
-    "vmamba-b": {
-        "depths": [2, 2, 15, 2], "dims": 128, "d_state": 1, "ssm_ratio": 2.0, "dt_rank": "auto",
-        "d_conv": 3, "conv_bias": False, "forward_type": "v05_noz", "mlp_ratio": 4.0,
-        "downsample": "v3", "patch_size": 4, "drop_path_rate": 0.6,
-    },
-}
-
 
 @dataclass
 class VMambaConfig(FromDict):
@@ -195,7 +176,6 @@ class SS2D(nn.Module):
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan_backend = scan_backend
-        self.dt_range = (dt_min, dt_max, dt_init_floor)
         k, d_inner = NUM_DIRECTIONS, self.d_inner
 
         self.in_proj = nn.Linear(d_model, d_inner * (2 if self.gated else 1), bias=False)
@@ -212,20 +192,10 @@ class SS2D(nn.Module):
         self.out_norm = nn.LayerNorm(d_inner, eps=norm_eps)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.reset_ssm_parameters()
-
-    @torch.no_grad()
-    def reset_ssm_parameters(self) -> None:
-        """Mamba's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform dt."""
-        self.x_proj_weight.uniform_(-self.d_inner**-0.5, self.d_inner**-0.5)
-        self.dt_projs_weight.uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt_min, dt_max, floor = self.dt_range
-        u = torch.rand(self.dt_projs_bias.shape, device=self.dt_projs_bias.device)
-        dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
-        self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
-        self.Ds.fill_(1.0)
+        with torch.no_grad():
+            self.x_proj_weight.uniform_(-self.d_inner**-0.5, self.d_inner**-0.5)
+        mamba_init_(self.A_logs, self.Ds, self.dt_projs_bias, self.dt_projs_weight, dt_min=dt_min, dt_max=dt_max,
+                    dt_init_floor=dt_init_floor)
 
     def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, H, W, d_inner) -> (batch, H, W, d_inner): the four directional scans, merged.
@@ -339,7 +309,7 @@ class VSSStage(nn.Module):
         return self.downsample(self.run_blocks(x))
 
 
-class VMambaVisionTower(nn.Module):
+class VMambaVisionTower(LockableTower, nn.Module):
     """VMamba backbone + pooling + Linear to the joint embedding: (B,3,H,W) -> (B,E).
 
     Pooling (none uses a positional embedding, so any H, W divisible by `cfg.total_stride`
@@ -347,13 +317,10 @@ class VMambaVisionTower(nn.Module):
       * "avg": VMamba's global average of the final map;
       * "attn": one learned query attending over the final map (open_clip's AttentionalPooler,
         as CoCa pools);
-      * "pyramid": every stage's map, layer-normed, max-pooled over locations and concatenated.
-        Averaging dilutes a small object by its share of the image, in the gradient too, and
-        by the last stage the fine attributes of small objects (colour, shape) are mixed into
-        wide receptive fields; the per-stage maximum hands the head each stage's strongest
-        local response. On the embedded benchmark's single-object scenes a supervised
-        climp-tiny tower reaches colour 100% (avg: 16%) in 300 steps, position 100% either way.
-        A maximum over locations grows with their number, so it is not scale-invariant;
+      * "pyramid": every stage's map, layer-normed, max-pooled over locations and concatenated:
+        the head sees each stage's strongest local response, so a small object's colour and
+        shape are not diluted by its share of the image as in an average. A maximum over
+        locations grows with their number, so it is not scale-invariant;
       * "pyramid_avg": the same per-stage normed maps, averaged over locations (scale-invariant);
       * "pyramid_grid": as "pyramid", but a map larger than the stage's map at `image_size` is
         first average-pooled to that size, so the maximum runs over as many locations, each
@@ -388,17 +355,19 @@ class VMambaVisionTower(nn.Module):
     def num_features(self) -> int:
         return sum(self.cfg.dims) if self.cfg.pool.startswith("pyramid") else self.cfg.dims[-1]
 
+    def layer_group_prefixes(self) -> Groups:
+        """The stem, one group per block (a stage's downsample joins its last block), the head."""
+        groups: Groups = [["patch_embed."]]
+        for s, stage in enumerate(self.layers):
+            blocks = block_groups(stage.blocks, f"layers.{s}.blocks")
+            blocks[-1].append(f"layers.{s}.downsample.")
+            groups += blocks
+        return groups + [list(HEAD_PREFIXES)]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each VSS block in backward instead of storing its activations."""
         for stage in self.layers:
             stage.grad_checkpointing = enable
-
-    def set_scan_backend(self, backend: str) -> None:
-        """Switch every SS2D's selective-scan backend (e.g. "reference" for double backward)."""
-        self.cfg.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.scan_backend = backend
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) -> pooled features (batch, num_features), before the projection."""

@@ -82,6 +82,10 @@ def state_dict_from_object(obj: Any, source: PathLike) -> Dict[str, torch.Tensor
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+class StateDictMismatchError(ValueError):
+    """Weights do not fit the model: lists missing, unexpected and mis-shaped keys."""
+
+
 def _listing(keys: Iterable[str], limit: int = 20) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -96,7 +100,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor]
 
 def check_state_dict(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
                      source: str = "checkpoint") -> None:
-    """Raise ValueError listing the missing, unexpected and mis-shaped keys of state_dict against
+    """Raise StateDictMismatchError listing the missing, unexpected and mis-shaped keys of state_dict against
     a model's own state dict (which may live on the meta device: only names and shapes count)."""
     missing = set(own) - set(state_dict)
     unexpected = set(state_dict) - set(own)
@@ -113,4 +117,4 @@ def check_state_dict(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, t
             parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
         if mis_shaped:
             parts.append(f"shape mismatches ({len(mis_shaped)}): {_listing(mis_shaped)}")
-        raise ValueError("\n  ".join(parts))
+        raise StateDictMismatchError("\n  ".join(parts))

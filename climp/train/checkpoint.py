@@ -15,7 +15,6 @@ Directories and files are created with the user's umask.
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import secrets
@@ -28,24 +27,17 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
 
-from climp.models.checkpoint_files import (CONFIG_FILE, EMA_FILE, LATEST_FILE, MODEL_FILE,
-                                           SIDECAR_HASH_KEY, STATE_FILE, CheckpointWarning,
+from climp.models.checkpoint_files import (EMA_FILE, LATEST_FILE, MODEL_FILE, STATE_FILE, CheckpointWarning,
                                            checkpoint_root_of, is_complete, latest_checkpoint,
                                            pointer_target, read_sidecar, resolve_checkpoint_path,
-                                           sidecar_digest, step_directories, step_of)
+                                           step_directories, step_of, write_model_files)
 
-FORMAT = "climp-checkpoint-v1"
 STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
 # Hidden names that only interrupted writes leave behind (the last two from older versions).
 LEFTOVER_PREFIXES = (STAGING_PREFIX, RETIRED_PREFIX, f".{LATEST_FILE}.", ".step_")
-
-
-class CheckpointMismatchError(ValueError):
-    """Weights do not fit the model: lists missing, unexpected and mis-shaped keys."""
 
 
 @dataclass
@@ -96,25 +88,6 @@ def _point_latest(root: Path, name: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync(root)
-
-
-def _detached_copy(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    # safetensors refuses shared or non-contiguous storage; a CPU clone has neither.
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-
-
-def write_model_files(directory: Union[str, Path], model_state: Mapping[str, torch.Tensor], sidecar: Mapping[str, Any],
-                      ema_state: Optional[Mapping[str, torch.Tensor]] = None) -> None:
-    """Write the weights (safetensors, bound to the sidecar by its hash) and the JSON sidecar of a
-    model into `directory`: the layout `create_model(name, pretrained=directory)` and
-    `load_checkpoint` read."""
-    directory = Path(directory)
-    text = json.dumps({"format": FORMAT, **sidecar}, indent=2, sort_keys=True, default=str)
-    metadata = {"format": FORMAT, SIDECAR_HASH_KEY: sidecar_digest(json.loads(text))}
-    save_file(_detached_copy(model_state), str(directory / MODEL_FILE), metadata=metadata)
-    if ema_state is not None:
-        save_file(_detached_copy(ema_state), str(directory / EMA_FILE), metadata=metadata)
-    (directory / CONFIG_FILE).write_text(text)
 
 
 def _write_contents(directory: Path, step: int, model_state: Mapping[str, torch.Tensor],
@@ -281,23 +254,6 @@ def load_for_resume(spec: Union[str, Path], root: Union[str, Path]) -> ResumePoi
                           f"checkpoint {fallback}", CheckpointWarning)
     last = candidates[-1]
     return ResumePoint(last, read_checkpoint(last), read_training_state(last))
-
-
-def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load `state` into `module`; on any key or shape mismatch raise listing all of them."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state) if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mis_shaped:
-        raise CheckpointMismatchError(
-            f"{source} does not match the model: missing keys {missing}; "
-            f"unexpected keys {unexpected}; shape mismatches {mis_shaped}"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 def read_training_state(directory: Union[str, Path]) -> Dict[str, Any]:

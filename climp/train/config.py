@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from ..dataconfig import FromDict
+from ..config_mixin import FromDict
 from ..settings import load_recipe, recipe_values, resolve, setting
 
 LOSSES = ("clip", "siglip")

@@ -157,6 +157,7 @@ class BatchStream:
         self.truncated_captions = 0
         self.equalize = equalize
         self._usable_in_epoch = 0
+        self._drawn_in_epoch = 0  # batches this process drew in the current epoch
 
     def _account(self, batch: Any) -> Any:
         """Record what the collate function dropped or cut (main process); None if empty."""
@@ -189,16 +190,19 @@ class BatchStream:
                 self._end_epoch()
                 continue
             self.batch_in_epoch += 1
+            self._drawn_in_epoch += 1
             batch = self._account(batch)
             self._usable_in_epoch += batch is not None
             return batch
 
     def _end_epoch(self) -> None:
-        if self._usable_in_epoch == 0 and self.batch_in_epoch > 0:
+        # Only an epoch this process drew from its start shows that no sample is usable (a resumed
+        # run starts mid-epoch, possibly at its very end).
+        if self._usable_in_epoch == 0 and self._drawn_in_epoch == self.batch_in_epoch > 0:
             summary = self.skips.summary() if self.skips is not None else ""
             raise ValueError(f"no sample of the training data could be used in a whole epoch ({summary})")
         self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
-        self._usable_in_epoch = 0
+        self._usable_in_epoch = self._drawn_in_epoch = 0
 
     def next_step(self) -> List[Any]:
         """The `accum_freq` micro-batches of the next optimiser step.

@@ -21,8 +21,7 @@ from torch import nn
 # SigLIP's recommended initialisation (Zhai et al. 2023): t' = log 10, b = -10.
 SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
 SIGLIP_INIT_LOGIT_BIAS = -10.0
-# CLIP's initialisation and the clamp applied after every optimiser step.
-CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)
+# The clamp applied to the logit scale after every optimiser step.
 MAX_LOGIT_SCALE = math.log(100.0)
 
 

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from climp.models.weights import load_state_dict_strict
+
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import BatchStream, open_train_source
@@ -246,7 +248,7 @@ class Trainer:
         saved = loaded.config.get("train", {})
         changes = changed_settings(saved, self.config, state["world_size"], self.context.world_size)
         check_resume_settings(changes, self.config.resume_override, directory)
-        ckpt.load_weights_strict(self.model, loaded.weights, f"checkpoint {directory}")
+        load_state_dict_strict(self.model, loaded.weights, f"checkpoint {directory}")
         if self.ema is not None:
             self._restore_ema(loaded.ema_weights, state, directory)
         fresh = hyperparameters(self.optimizer)
@@ -279,7 +281,7 @@ class Trainer:
     def _restore_ema(self, ema_weights: Optional[Dict[str, torch.Tensor]], state: Mapping[str, Any],
                      directory: Any) -> None:
         if ema_weights is not None:
-            ckpt.load_weights_strict(self.ema.module, ema_weights, f"EMA of checkpoint {directory}")
+            load_state_dict_strict(self.ema.module, ema_weights, f"EMA of checkpoint {directory}")
             self.ema.updates = state["ema_updates"]
         elif self.config.resume_override:  # EMA switched on now: it starts from the restored weights
             self.ema.module.load_state_dict(self.model.state_dict())
@@ -354,7 +356,7 @@ class Trainer:
         if self.context.is_main:
             metrics = quick_evaluate(self.eval_model, self.components.tokenizer,
                                      self.components.zero_shot_tasks, self.components.retrieval_set,
-                                     self.device, self.autocast)
+                                     self.autocast)
             self.logger.log({"step": self.step, "kind": "eval", **metrics}, prefix="eval")
         barrier(self.context)
         return metrics

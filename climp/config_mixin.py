@@ -23,5 +23,13 @@ class FromDict:
             raise ValueError(f"unknown {label} {unknown}; known keys: {sorted(known)}")
         return cls(**values)
 
+    def require_positive_ints(self, *names: str) -> None:
+        """Raise ValueError naming the first of these fields that is not an int >= 1 (a bool is
+        not an int here)."""
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
