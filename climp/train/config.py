@@ -85,7 +85,7 @@ class TrainConfig(FromDict):
         "largest and each batch is resized to a side drawn at random"))
     workers: int = setting(0, group=DATA, help="data-loader worker processes (0 loads in the main process)")
     # optimisation
-    steps: int = setting(450, group=OPTIM, help="optimizer steps to train for")
+    steps: int = setting(900, group=OPTIM, help="optimizer steps to train for")
     batch_size: int = setting(64, group=OPTIM, help=(
         "images per rank per micro-batch (global batch = this x ranks x --accum-freq)"))
     accum_freq: int = setting(1, group=OPTIM, help=(
