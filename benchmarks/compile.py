@@ -17,41 +17,18 @@ import shlex
 import sys
 import time
 from statistics import median
-from typing import Callable, List
+from typing import Callable
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from common import contrastive_step, random_batch, timed
 
-import climp  # noqa: E402 - before torch: climp sets the OpenMP wait policy before torch loads it
-import torch  # noqa: E402
+import climp
+import torch
 
 
 def make_step(model: torch.nn.Module, forward: Callable, batch: int, size: int) -> Callable[[], None]:
-    from open_clip.loss import ClipLoss
-
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, size, size, generator=g)
-    texts = torch.randint(1, 49406, (batch, 16), generator=g)
-    texts[:, 0], texts[:, -1] = 49406, 49407
-    loss_fn = ClipLoss()
+    """Forward (through `forward`), CLIP loss, backward and AdamW update on a fixed batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        out = forward(images, texts)
-        loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def timed(step: Callable[[], None], steps: int) -> List[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+    return contrastive_step(model, *random_batch(batch, size), forward=forward, optimizer=optimizer)
 
 
 def main(argv=None) -> int:

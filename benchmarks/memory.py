@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
 from typing import Dict, Iterator, List
 
+from common import write_json
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-# Run from a checkout without installing: the repository root holds the climp package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MiB = 2**20
 
@@ -96,9 +93,7 @@ def main(argv=None) -> int:
             m, vm, vf = (row[k]["bytes"] for k in ("mamba", "vit_math", "vit_fused"))
             print(f"| {mode} | {side} | {m / MiB:.1f} | {vm / MiB:.1f} | {vf / MiB:.1f} | "
                   f"{vm / m:.2f}x | {vf / m:.2f}x |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    write_json(args.json, args, results)
     return 0
 
 

@@ -21,11 +21,10 @@ import time
 from statistics import median
 from typing import Callable, Dict, List
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from common import contrastive_step, random_batch, timed
 
-import climp  # noqa: E402 - before torch: climp sets the OpenMP wait policy before torch loads it
-import torch  # noqa: E402
+import climp
+import torch
 
 MODELS = ("climp-tiny", "clip-vit-tiny")
 SPIN = "while True:\n    pass\n"
@@ -33,31 +32,10 @@ SPIN = "while True:\n    pass\n"
 
 def make_step(name: str, batch: int, size: int) -> Callable[[], None]:
     """One forward + CLIP loss + backward of `name` on a fixed random batch."""
-    from open_clip.loss import ClipLoss
-
     torch.manual_seed(0)
     model = climp.create_model(name, vision_cfg={"image_size": size})
     model.train()
-    images = torch.randn(batch, 3, size, size)
-    texts = torch.randint(1, 49406, (batch, 16))
-    texts[:, 0], texts[:, -1] = 49406, 49407
-    loss_fn = ClipLoss()
-
-    def step() -> None:
-        out = model(images, texts)
-        loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
-        model.zero_grad(set_to_none=True)
-
-    return step
-
-
-def timed(step: Callable[[], None], steps: int) -> List[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+    return contrastive_step(model, *random_batch(batch, size))
 
 
 def main(argv=None) -> int:

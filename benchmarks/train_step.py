@@ -13,55 +13,29 @@ the table reports each model's median step and the median of the per-round time 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from statistics import median
-from typing import Callable, Dict, List
+from typing import Dict, List
+
+from common import contrastive_step, random_batch, timed, write_json
 
 import torch
-
-# Run from a checkout without installing: the repository root holds the climp package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def int_list(text: str) -> List[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-def make_step(model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor) -> Callable[[], None]:
-    from open_clip.loss import ClipLoss
-
-    loss_fn = ClipLoss()
-
-    def step() -> None:
-        out = model(images, texts)
-        loss_fn(out["image_features"], out["text_features"], out["logit_scale"]).backward()
-        model.zero_grad(set_to_none=True)
-
-    return step
-
-
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def bench_side(models: Dict[str, torch.nn.Module], side: int, batch: int, text_length: int,
                rounds: int) -> Dict[str, object]:
-    g = torch.Generator().manual_seed(side)
-    images = torch.randn(batch, 3, side, side, generator=g)
-    texts = torch.randint(1, 49406, (batch, text_length), generator=g)
-    texts[:, 0], texts[:, -1] = 49406, 49407
-    steps = {name: make_step(model, images, texts) for name, model in models.items()}
+    images, texts = random_batch(batch, side, text_length, seed=side)
+    steps = {name: contrastive_step(model, images, texts) for name, model in models.items()}
     for step in steps.values():
         step()
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            times[name].append(timed(step))
+            times[name] += timed(step)
     first, *others = list(steps)
     return {
         "median_seconds": {name: median(t) for name, t in times.items()},
@@ -106,9 +80,7 @@ def main(argv=None) -> int:
         cells = [f"{r['median_seconds'][n] * 1e3:.0f} ms" for n in names]
         cells += [f"{v:.2f}x" for v in r["ratios"].values()]
         print(f"| {side} | " + " | ".join(cells) + " |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    write_json(args.json, args, results)
     return 0
 
 
