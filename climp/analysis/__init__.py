@@ -9,7 +9,7 @@ from .landscape import filter_normalized_direction, loss_slice
 from .negative_mass import NegativeMass, negative_mass
 from .params import select_parameters
 from .plots import plot_results
-from .report import HessianSettings, analyse_hessian, format_table
+from .hessian import HessianSettings, analyse_hessian, format_table
 from .trace import TraceEstimate, hutchinson_trace
 
 __all__ = [

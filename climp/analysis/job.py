@@ -16,7 +16,7 @@ from ..settings import setting
 from .contrastive import ContrastiveLoss, make_batches, synthetic_samples
 from .params import TOKEN_EMBEDDINGS, token_embeddings
 from .plots import plot_results
-from .report import HessianSettings, analyse_hessian, format_table
+from .hessian import HessianSettings, analyse_hessian, format_table
 
 Loaded = Tuple[nn.Module, Callable[[Any], torch.Tensor], Callable[[List[str]], torch.Tensor], int]
 MODELS, DATA, RUN = "models", "data", "output and machine"

@@ -42,7 +42,7 @@ class Preset:
 
     def validate(self) -> None:
         """Build every settings object once so a bad key or value fails before any training."""
-        from climp.analysis.report import HessianSettings
+        from climp.analysis.hessian import HessianSettings
         from climp.eval.bench import BenchSettings
         from climp.eval.runner import TASKS, EvalSettings
         from climp.settings import from_values
