@@ -26,13 +26,14 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
 from ..config_mixin import FromDict
 from .freeze import Groups, LockableTower, block_groups
 from .mamba import MambaMixer
 from .validation import check_images
+from .vmamba import init_weights as init_linear_and_norm
 
 CHANNEL_MIXERS = ("mlp", "einfft")
 NUM_STAGES = 4
@@ -329,16 +330,10 @@ class SiMBAVisionTower(LockableTower, nn.Module):
 
 def init_weights(module: nn.Module) -> None:
     """SiMBA's init, applied to every module as SiMBA does (the Mamba projections included, so
-    dt_proj's bias starts at 0): truncated-normal Linear weights (std 0.02) with zero biases,
-    unit LayerNorms, He-normal Conv2d weights by fan-out with zero biases."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
+    dt_proj's bias starts at 0): VMamba's (truncated-normal Linear weights, std 0.02, zero
+    biases, unit LayerNorms) plus He-normal Conv2d weights by fan-out with zero biases."""
+    init_linear_and_norm(module)
+    if isinstance(module, nn.Conv2d):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
         if module.bias is not None:
