@@ -216,22 +216,30 @@ def _proj(attn, index, width):
     return attn.in_proj_weight[rows], attn.in_proj_bias[rows]
 
 
+def pooled_and_normed_stage_maps(tower, images):
+    """(tower.forward_features(images), each stage's last-block map (captured by hooks)
+    layer-normed with that stage's pooling norm), channel-last maps in stage order."""
+    maps = []
+    hooks = [stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
+             for stage in tower.layers]
+    with torch.no_grad():
+        pooled = tower.forward_features(images)
+    for hook in hooks:
+        hook.remove()
+    norms = list(tower.stage_norms) + [tower.norm]
+    return pooled, [F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps) for m, n in zip(maps, norms)]
+
+
 def test_pyramid_pool_concatenates_each_stage_max_of_its_normed_map():
     """pool="pyramid": the maps after each stage's blocks (captured by hooks), layer-normed with
     that stage's norm and max-pooled over locations, concatenated in stage order."""
     torch.manual_seed(6)
     tower = VMambaVisionTower(tiny_config(pool="pyramid"), embed_dim=8).eval()
     assert tower.num_features == 16 + 32 + 64 + 128 == tower.head.in_features
-    maps = []
-    for stage in tower.layers:
-        stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
     images = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        pooled = tower.forward_features(images)
-    norms = list(tower.stage_norms) + [tower.norm]
-    expected = torch.cat([F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps).flatten(1, 2).max(dim=1).values
-                          for m, n in zip(maps, norms)], dim=-1)
-    assert [m.shape[1:3] for m in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    pooled, normed = pooled_and_normed_stage_maps(tower, images)
+    expected = torch.cat([m.flatten(1, 2).max(dim=1).values for m in normed], dim=-1)
+    assert [m.shape[1:3] for m in normed] == [(16, 24), (8, 12), (4, 6), (2, 3)]
     torch.testing.assert_close(pooled, expected)
     # A bright patch at another place moves the maxima with it, not the pooled average.
     images2 = images.clone()
@@ -248,14 +256,7 @@ def test_pyramid_avg_pool_is_each_stage_mean_of_its_normed_map():
     torch.manual_seed(7)
     tower = VMambaVisionTower(tiny_config(pool="pyramid_avg"), embed_dim=8).eval()
     assert tower.num_features == 16 + 32 + 64 + 128 == tower.head.in_features
-    maps = []
-    for stage in tower.layers:
-        stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
-    images = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        pooled = tower.forward_features(images)
-    norms = list(tower.stage_norms) + [tower.norm]
-    normed = [F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps) for m, n in zip(maps, norms)]
+    pooled, normed = pooled_and_normed_stage_maps(tower, torch.randn(2, 3, 64, 96))
     torch.testing.assert_close(pooled, torch.cat([m.mean(dim=(1, 2)) for m in normed], dim=-1))
     tiled = [m.repeat(1, 2, 2, 1) for m in normed]
     torch.testing.assert_close(torch.cat([t.mean(dim=(1, 2)) for t in tiled], -1), pooled)
@@ -271,17 +272,10 @@ def test_pyramid_grid_pool_maxes_over_the_training_grid():
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(grid.forward_features(images), plain.forward_features(images))
-    maps = []
-    for stage in grid.layers:
-        stage.blocks[-1].register_forward_hook(lambda module, args, out: maps.append(out))
-    large = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        pooled = grid.forward_features(large)
-    norms = list(grid.stage_norms) + [grid.norm]
+    pooled, normed = pooled_and_normed_stage_maps(grid, torch.randn(2, 3, 64, 64))
     expected = []
-    for m, n in zip(maps, norms):  # maps 16, 8, 4, 2 wide at 64 px; 8, 4, 2, 1 at 32 px
-        normed = F.layer_norm(m, m.shape[-1:], n.weight, n.bias, n.eps).permute(0, 3, 1, 2)
-        expected.append(F.avg_pool2d(normed, 2).flatten(2).max(dim=2).values)
+    for m in normed:  # maps 16, 8, 4, 2 wide at 64 px; 8, 4, 2, 1 at 32 px
+        expected.append(F.avg_pool2d(m.permute(0, 3, 1, 2), 2).flatten(2).max(dim=2).values)
     torch.testing.assert_close(pooled, torch.cat(expected, dim=-1))
 
 
