@@ -1,13 +1,11 @@
 """Activation memory of two image towers (VMamba-B vs ViT-B/16 by default), measured in one run.
 
-Training: the bytes of every distinct storage autograd keeps for the backward during one
-forward in train mode (climp.eval.efficiency.measure_saved_activations: saved-tensor hooks).
-Inference: the peak of live activation bytes during one no-grad forward in eval mode
-(climp.eval.efficiency.measure_peak_memory: every storage aten allocates, tracked to its
-release). Weights and the input images are excluded from both. ViT runs twice: with the
-attention matrix materialised (SDPA's math backend, and nn.MultiheadAttention's fused
-inference path off, as most CLIP code runs) and with PyTorch's fused CPU attention (flash
-attention kernel for training, the fused inference path for inference).
+Training: the bytes of every distinct storage autograd keeps for the backward after one forward in
+train mode; inference: the peak of live activation bytes during one no-grad forward in eval mode.
+Both come from climp.eval.activation_memory (as `climp bench` and `climp reproduce` measure them);
+weights and the input images are excluded. ViT runs twice: with the attention matrix materialised
+(`math`, as most CLIP code runs) and with PyTorch's fused CPU attention (`fused`, always on CPU
+tensors: there are no fused kernels on the meta device).
 
   python benchmarks/memory.py                         # climp-vmamba-b vs clip-vit-b-16, 224 and 896 px
   python benchmarks/memory.py --sides 224 --modes inference
@@ -18,46 +16,27 @@ attention kernel for training, the fused inference path for inference).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 from common import write_json
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from climp.eval.activation_memory import inference_peak_memory, training_activation_memory
 
 MiB = 2**20
 
 
-@contextlib.contextmanager
-def attention(kind: str) -> Iterator[None]:
-    """'math': materialised attention matrix; 'fused': PyTorch's fused CPU kernels; '-': as is."""
-    if kind == "-":
-        yield
-        return
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(kind == "fused")
-    backend = SDPBackend.MATH if kind == "math" else SDPBackend.FLASH_ATTENTION
-    try:
-        with sdpa_kernel([backend]):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-
-
-def measure(tower: torch.nn.Module, side: int, batch: int, mode: str, kind: str, device: str) -> Dict[str, object]:
-    from climp.eval.efficiency import measure_peak_memory, measure_saved_activations, placed
-
-    tower = placed(tower, device)
-    images = torch.randn(batch, 3, side, side, device=device)
-    with attention(kind):
-        if mode == "training":
-            r = measure_saved_activations(tower.train(), images)
-            return {"bytes": r["saved_activation_bytes"], "method": r["memory_method"]}
-        r = measure_peak_memory(tower.eval(), images)
-        return {"bytes": r["peak_activation_bytes"], "method": r["memory_method"],
-                "attention_kernels": r.get("attention_kernels", [])}
+def measure(tower: torch.nn.Module, side: int, batch: int, mode: str, attention: str, device: str) -> Dict[str, object]:
+    images = lambda dev: torch.randn(batch, 3, side, side, device=dev)  # noqa: E731
+    if mode == "training":
+        r = training_activation_memory(tower, images, attention, device)
+        return {"bytes": r["training_activation_bytes"], "method": r["training_memory_method"],
+                "device": r["training_memory_device"], "attention_kernels": r["training_attention_kernels"]}
+    r = inference_peak_memory(tower, images, attention, device)
+    return {"bytes": r["peak_activation_bytes"], "method": r["memory_method"], "device": r["memory_device"],
+            "attention_kernels": r.get("attention_kernels", [])}
 
 
 def main(argv=None) -> int:
@@ -84,11 +63,9 @@ def main(argv=None) -> int:
     results = {}
     for mode in args.modes.split(","):
         for side in sides:
-            # fused attention kernels exist only for real tensors: that column always runs on the CPU
-            row = {key: measure(towers[name], side, args.batch, mode, kind, device)
-                   for key, name, kind, device in (("mamba", mamba_name, "-", args.device),
-                                                   ("vit_math", vit_name, "math", args.device),
-                                                   ("vit_fused", vit_name, "fused", "cpu"))}
+            row = {key: measure(towers[name], side, args.batch, mode, kind, args.device)
+                   for key, name, kind in (("mamba", mamba_name, "default"), ("vit_math", vit_name, "math"),
+                                           ("vit_fused", vit_name, "fused"))}
             results[f"{mode} {side}"] = row
             m, vm, vf = (row[k]["bytes"] for k in ("mamba", "vit_math", "vit_fused"))
             print(f"| {mode} | {side} | {m / MiB:.1f} | {vm / MiB:.1f} | {vf / MiB:.1f} | "

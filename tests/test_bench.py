@@ -32,7 +32,26 @@ def test_run_writes_table_json_and_plot(tmp_path, capsys):
     saved = json.loads((tmp_path / "bench.json").read_text())
     row = saved["results"]["clip-vit-tiny"]["image"]["32"]
     assert row["flops"] > 0 and saved["args"]["throughput"] == "False"
+    assert row["training_activation_bytes"] > row["peak_activation_bytes"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 0 and "| clip-vit-tiny | image | 32 |" in capsys.readouterr().out
+
+
+def test_attention_flag_sets_the_backend_of_both_memories(tmp_path):
+    """--attention math keeps the attention matrix for the backward; --attention fused does not,
+    and asked for with --memory-device meta it measures on the CPU, where the fused kernel exists."""
+    rows = {}
+    for kind in ("math", "fused"):
+        assert main(["bench", "--models", "clip-vit-tiny", "--towers", "image", "--image-sizes", "64",
+                     "--no-throughput", "--memory-device", "meta", "--attention", kind, "--out",
+                     str(tmp_path / kind)]) == 0
+        rows[kind] = json.loads((tmp_path / kind / "bench.json").read_text())["results"]["clip-vit-tiny"]["image"]["64"]
+    math, fused = rows["math"], rows["fused"]
+    assert (math["memory_device"], fused["memory_device"], fused["training_memory_device"]) == ("meta", "cpu", "cpu")
+    assert math["training_attention_kernels"] == ["math (softmax of a materialised attention matrix)"]
+    assert fused["training_attention_kernels"] == ["aten._scaled_dot_product_flash_attention_for_cpu"]
+    # 64 px, patch 8: 65 tokens, 3 heads, 4 layers; math keeps each layer's softmax (and more)
+    assert math["training_activation_bytes"] - fused["training_activation_bytes"] >= 4 * 3 * 65 * 65 * 4
+    assert math["flops"] == fused["flops"]
 
 
 def test_ratios_are_other_over_first():

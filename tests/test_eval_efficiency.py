@@ -76,7 +76,7 @@ def test_cpu_fused_attention_flops_are_counted():
 
 
 def test_saved_activations_count_exactly_what_autograd_keeps():
-    from climp.eval.efficiency import measure_saved_activations
+    from climp.eval.activation_memory import measure_saved_activations
 
     x = torch.randn(1000, requires_grad=True)
     assert measure_saved_activations(torch.exp, x)["saved_activation_bytes"] == 4000  # exp keeps its result

@@ -14,8 +14,8 @@ flash-attention kernel) is not counted, just as cudaMalloc-level counting would 
 Which attention kernel ran is recorded from the aten ops seen (a fused SDPA kernel, or the math
 path that materialises the attention matrix).
 
-Training activation memory (what the forward keeps for the backward) is measured apart, by
-hooking autograd's saved tensors (measure_saved_activations).
+Training activation memory (what the forward keeps for the backward) and the choice of attention
+backend are in climp.eval.activation_memory.
 """
 from __future__ import annotations
 
@@ -116,28 +116,6 @@ def measure_peak_memory(fn: Callable[..., Any], *args: torch.Tensor) -> Dict[str
     return {"peak_activation_bytes": tracker.peak, "input_bytes": inputs,
             "memory_method": "aten storage tracking (dispatch mode)",
             "attention_kernels": tracker.attention_kernels()}
-
-
-def measure_saved_activations(fn: Callable[..., Any], *args: torch.Tensor) -> Dict[str, Any]:
-    """Training activation memory: bytes of the distinct storages autograd keeps for backward
-    during fn(*args) (grad mode on), seen through torch.autograd.graph.saved_tensors_hooks. The
-    inputs and, for a module, its weights and buffers are not counted; views of one storage
-    count once."""
-    existing = {t.untyped_storage()._cdata for t in args if isinstance(t, torch.Tensor)}
-    if isinstance(fn, torch.nn.Module):
-        existing |= {t.untyped_storage()._cdata for t in list(fn.parameters()) + list(fn.buffers())}
-    saved: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in existing:
-            saved[storage._cdata] = storage.nbytes()
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return {"saved_activation_bytes": sum(saved.values()), "saved_storages": len(saved),
-            "memory_method": "torch.autograd.graph.saved_tensors_hooks (distinct storages)"}
 
 
 @torch.no_grad()
