@@ -14,8 +14,15 @@ samples, binomial) is decided against the two intervals, anything else against t
 only, and the check says so. An estimate whose interval includes a systematic part that seeds do
 not average out (the Hessian negative mass: its quadrature error) is decided against the larger
 of the seed spread and the two intervals. Deterministic metrics (FLOPs, memory) have no spread
-by nature. A claim holds when all its checks hold, does not hold when any check does not, and is
-inconclusive otherwise; `details` are reported next to a claim without entering its verdict.
+by nature. A check may instead carry the paper's own factor (`min_ratio`, e.g. CLIMP's "5x less
+memory"): it holds when the measured ratio, baseline cost / subject cost, reaches that factor, and
+does not hold otherwise, the ratio reported either way. A claim holds when all its checks hold,
+does not hold when any check does not, and is inconclusive otherwise; `details` are reported next
+to a claim without entering its verdict.
+
+Metrics are read per (model, seed) from the seed stages (train, eval, hessian), or, for costs that
+do not depend on the trained weights (`per_model`), once per model from the model stages
+(training activation memory).
 """
 from __future__ import annotations
 
@@ -23,9 +30,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .stages import MEMORY
+
 HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
 
 StageResults = Mapping[str, Any]  # {"train": ..., "eval": ..., "hessian": ...} of one (model, seed)
+ModelResults = Mapping[str, Any]  # {"bench": ..., "train_memory": ...} of one model
+PAPER_MEMORY_RATIO = 5.0  # CLIMP: 5x less memory than ViT at 16x the training pixels
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -34,7 +45,8 @@ class Metric:
     """A number read from one (model, seed)'s stage results; None when it was not measured.
     read_error: the half-width of the estimate's own 95% confidence interval in one run (the
     Hutchinson trace; rates on a finite number of samples), used when there is no seed spread;
-    systematic: read_error holds a systematic part, so the margin is never below it."""
+    systematic: read_error holds a systematic part, so the margin is never below it; per_model:
+    read from the model's per-model stage results (ModelResults) instead of a seed's."""
 
     name: str
     label: str
@@ -45,6 +57,7 @@ class Metric:
     deterministic: bool = False
     read_error: Optional[Callable[[StageResults], Optional[float]]] = None
     systematic: bool = False
+    per_model: bool = False
 
 
 def _get(tree: Any, *path: Any) -> Any:
@@ -101,6 +114,15 @@ def _resolution(scale: int, key: str) -> Callable[[StageResults], Optional[float
         sides = _get(_only(_get(run, "eval", "resolution")), "sides") or {}
         row = next((r for r in sides.values() if r.get("scale") == scale), None)
         return _number(row.get(key)) if row else None
+    return read
+
+
+def _training_memory(pixels: int, attention: str) -> Callable[[ModelResults], Optional[float]]:
+    """Training activation bytes of the image tower at `pixels` x the training pixels."""
+    def read(results: ModelResults) -> Optional[float]:
+        sides = _get(results, MEMORY, "sides") or {}
+        row = next((r for r in sides.values() if r.get("pixels_ratio") == pixels), None)
+        return _number(_get(row, attention, "training_activation_bytes")) if row else None
     return read
 
 
@@ -202,6 +224,12 @@ def _metrics() -> Dict[str, Metric]:
                       rel_tol=0.01, deterministic=True),
                Metric(f"res{scale}_memory", f"image-tower peak activation bytes at {px}",
                       _resolution(scale, "peak_activation_bytes"), False, rel_tol=0.01, deterministic=True)]
+    for pixels in (1, 16):
+        for attention, how in (("math", "attention materialised"), ("fused", "fused attention")):
+            ms.append(Metric(f"train_memory_{pixels}x_{attention}",
+                             f"image-tower training activation bytes at {pixels}x pixels ({how})",
+                             _training_memory(pixels, attention), False, rel_tol=0.01, deterministic=True,
+                             per_model=True))
     return {m.name: m for m in ms}
 
 
@@ -237,6 +265,12 @@ class Stats:
                 "errors": None if self.errors is None else list(self.errors)}
 
 
+def model_stats(results: Optional[ModelResults], metric: Metric) -> Optional[Stats]:
+    """A per-model metric as one value; None if it was not measured."""
+    value = metric.read(results or {})
+    return None if value is None else Stats((value,))
+
+
 def seed_stats(runs: Mapping[str, StageResults], metric: Metric) -> Optional[Stats]:
     """The metric over one model's seeds ({seed: stage results}); None if any seed lacks it."""
     values = [metric.read(run) for run in runs.values()]
@@ -262,8 +296,9 @@ def format_stats(stats: Optional[Stats]) -> str:
 class Decision:
     verdict: str
     advantage: float
-    margin: float
+    margin: Optional[float]
     note: str = ""
+    ratio: Optional[float] = None
 
 
 def decide(subject: Stats, baseline: Stats, metric: Metric) -> Decision:
@@ -294,6 +329,24 @@ def decide(subject: Stats, baseline: Stats, metric: Metric) -> Decision:
     return Decision(verdict, advantage, margin, note)
 
 
+def cost_ratio(subject: float, baseline: float, higher_is_better: bool) -> float:
+    """How many times better the subject is: baseline / subject for costs, subject / baseline else."""
+    num, den = (subject, baseline) if higher_is_better else (baseline, subject)
+    if den == 0:
+        return 1.0 if num == 0 else math.inf
+    return num / den
+
+
+def decide_ratio(subject: Stats, baseline: Stats, metric: Metric, min_ratio: float) -> Decision:
+    """Holds when the subject is at least min_ratio times better than the baseline (see the module
+    docstring), does not hold otherwise."""
+    sign = 1.0 if metric.higher_is_better else -1.0
+    ratio = cost_ratio(subject.mean, baseline.mean, metric.higher_is_better)
+    verdict = HOLDS if ratio >= min_ratio else FAILS
+    note = f"measured {ratio:.2f}x, the paper's claim {min_ratio:g}x"
+    return Decision(verdict, sign * (subject.mean - baseline.mean), None, note, ratio)
+
+
 def combine(verdicts: Sequence[str]) -> str:
     """All hold -> holds; any does not hold -> does not hold; nothing measured -> not measured."""
     measured = [v for v in verdicts if v != NOT_MEASURED]
@@ -309,9 +362,12 @@ def combine(verdicts: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------- claims
 @dataclass(frozen=True)
 class Check:
+    """One comparison; min_ratio: the paper's factor the subject must reach (decide_ratio)."""
+
     metric: str
     subject: str
     baseline: str
+    min_ratio: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -354,7 +410,11 @@ def _checks(metrics: Sequence[str], subject: str, baseline: str) -> Tuple[Check,
 
 
 def climp_claims(subject: str = CLIMP_MODEL, baseline: str = VIT_MODEL) -> List[Claim]:
-    res = [f"res{s}_{k}" for s in RESOLUTION_SCALES for k in ("i2t_R@1", "t2i_R@1", "flops", "memory")]
+    res = [f"res{s}_{k}" for s in RESOLUTION_SCALES for k in ("i2t_R@1", "t2i_R@1", "flops")]
+    memory = Check("train_memory_16x_math", subject, baseline, PAPER_MEMORY_RATIO)
+    memory_details = (Check("train_memory_16x_fused", subject, baseline, PAPER_MEMORY_RATIO),
+                      *_checks(["train_memory_1x_math", "train_memory_1x_fused"]
+                               + [f"res{s}_memory" for s in RESOLUTION_SCALES], subject, baseline))
     return [
         Claim("climp-retrieval", "CLIMP", "better cross-modal retrieval than CLIP-ViT (R@1 both ways)",
               _checks(["retrieval_i2t_R@1", "retrieval_t2i_R@1"], subject, baseline)),
@@ -365,8 +425,9 @@ def climp_claims(subject: str = CLIMP_MODEL, baseline: str = VIT_MODEL) -> List[
         Claim("climp-hubness", "CLIMP", "lower hubness (k-occurrence skewness of text->image neighbours)",
               _checks(["hubness_skew"], subject, baseline)),
         Claim("climp-resolution", "CLIMP",
-              "better retrieval at 4x and 16x the training pixels, with less memory and fewer FLOPs",
-              _checks(res, subject, baseline)),
+              "better retrieval at 4x and 16x the training pixels, with 5x less memory (training, at 16x "
+              "pixels, vs ViT with materialised attention) and fewer FLOPs",
+              _checks(res, subject, baseline) + (memory,), memory_details),
         Claim("climp-dense", "CLIMP", "better dense-caption retrieval beyond 77 tokens (full-length Mamba text "
               "vs truncated CLIP text)", _checks(["dense_i2t_R@1", "dense_t2i_R@1"], subject, baseline),
               _checks(["dense_truncated"], subject, baseline)),
@@ -401,39 +462,55 @@ def all_claims(models: Sequence[str]) -> List[Claim]:
     return [c for c in claims if c.models <= set(models)]
 
 
-def evaluate_check(check: Check, runs: Mapping[str, Mapping[str, StageResults]]) -> Dict[str, Any]:
-    """One check against {model: {seed: stage results}}, JSON-ready."""
+def stats_of(model: str, metric: Metric, runs: Mapping[str, Mapping[str, StageResults]],
+             per_model: Mapping[str, ModelResults]) -> Optional[Stats]:
+    if metric.per_model:
+        return model_stats(per_model.get(model), metric)
+    return seed_stats(runs.get(model, {}), metric)
+
+
+def evaluate_check(check: Check, runs: Mapping[str, Mapping[str, StageResults]],
+                   per_model: Optional[Mapping[str, ModelResults]] = None) -> Dict[str, Any]:
+    """One check against {model: {seed: stage results}} and {model: per-model stage results}, JSON-ready."""
     metric = METRICS[check.metric]
-    subject = seed_stats(runs.get(check.subject, {}), metric)
-    baseline = seed_stats(runs.get(check.baseline, {}), metric)
+    subject = stats_of(check.subject, metric, runs, per_model or {})
+    baseline = stats_of(check.baseline, metric, runs, per_model or {})
     out: Dict[str, Any] = {"metric": metric.name, "label": metric.label, "subject": check.subject,
                            "baseline": check.baseline, "higher_is_better": metric.higher_is_better,
                            "subject_stats": subject.to_dict() if subject else None,
                            "baseline_stats": baseline.to_dict() if baseline else None,
                            "subject_text": format_stats(subject), "baseline_text": format_stats(baseline)}
+    if check.min_ratio is not None:
+        out["target_ratio"] = check.min_ratio
     if subject is None or baseline is None:
         return {**out, "verdict": NOT_MEASURED, "advantage": None, "margin": None, "note": ""}
-    decision = decide(subject, baseline, metric)
+    if check.min_ratio is not None:
+        decision = decide_ratio(subject, baseline, metric, check.min_ratio)
+        out["ratio"] = decision.ratio
+    else:
+        decision = decide(subject, baseline, metric)
     return {**out, "verdict": decision.verdict, "advantage": decision.advantage, "margin": decision.margin,
             "note": decision.note}
 
 
-def evaluate_claims(claims: Sequence[Claim], runs: Mapping[str, Mapping[str, StageResults]]) -> List[Dict[str, Any]]:
+def evaluate_claims(claims: Sequence[Claim], runs: Mapping[str, Mapping[str, StageResults]],
+                    per_model: Optional[Mapping[str, ModelResults]] = None) -> List[Dict[str, Any]]:
     """Every claim with its checks, details and combined verdict."""
     out = []
     for claim in claims:
-        checks = [evaluate_check(c, runs) for c in claim.checks]
+        checks = [evaluate_check(c, runs, per_model) for c in claim.checks]
         out.append({"id": claim.id, "paper": claim.paper, "statement": claim.statement, "caveat": claim.caveat,
                     "verdict": combine([c["verdict"] for c in checks]), "checks": checks,
-                    "details": [evaluate_check(c, runs) for c in claim.details]})
+                    "details": [evaluate_check(c, runs, per_model) for c in claim.details]})
     return out
 
 
-def metric_summary(runs: Mapping[str, Mapping[str, StageResults]]) -> Dict[str, Dict[str, Optional[Dict[str, Any]]]]:
+def metric_summary(runs: Mapping[str, Mapping[str, StageResults]],
+                   per_model: Optional[Mapping[str, ModelResults]] = None) -> Dict[str, Dict[str, Optional[Dict[str, Any]]]]:
     """{metric: {model: stats dict or None}} for every metric measured for at least one model."""
     out: Dict[str, Dict[str, Optional[Dict[str, Any]]]] = {}
     for name, metric in METRICS.items():
-        row = {model: seed_stats(per_seed, metric) for model, per_seed in runs.items()}
+        row = {model: stats_of(model, metric, runs, per_model or {}) for model in runs}
         if any(s is not None for s in row.values()):
             out[name] = {model: s.to_dict() if s else None for model, s in row.items()}
     return out

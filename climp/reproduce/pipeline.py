@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import stages
 from .presets import Preset
-from .stages import BENCH, MODEL_STAGES, SEED_STAGES, Job, StageFn, stage_settings
+from .stages import BENCH, MEMORY, MODEL_STAGES, SEED_STAGES, Job, StageFn, stage_settings
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -77,12 +77,13 @@ def plan(models: Sequence[str], seeds: Sequence[int]) -> List[Tuple[str, Optiona
 def run_pipeline(preset: Preset, models: Sequence[str], out_dir: Path, seeds: Optional[Sequence[int]] = None,
                  stage_functions: Optional[Mapping[str, StageFn]] = None, progress: bool = True) -> Dict[str, Any]:
     """Run or reuse every stage; returns {"runs": {model: {seed: {stage: result}}}, "bench":
-    {model: result}, "stages": [per-stage timing and whether it was reused]}."""
+    {model: result}, "training_memory": {model: result}, "stages": [per-stage timing and whether
+    it was reused]}."""
     functions = dict(stage_functions or stages.STAGE_FUNCTIONS)
     seeds = list(preset.seeds if seeds is None else seeds)
     store = StageStore(out_dir)
     runs: Dict[str, Dict[str, Dict[str, Any]]] = {m: {str(s): {} for s in seeds} for m in models}
-    bench: Dict[str, Any] = {}
+    per_model: Dict[str, Dict[str, Any]] = {stage: {} for stage in MODEL_STAGES}
     log: List[Dict[str, Any]] = []
     jobs = plan(models, seeds)
     bar = tqdm(jobs, desc="reproduce", unit="stage", disable=not progress, dynamic_ncols=True)
@@ -96,10 +97,10 @@ def run_pipeline(preset: Preset, models: Sequence[str], out_dir: Path, seeds: Op
             start = time.perf_counter()
             result = functions[stage](Job(model, seed, preset, Path(out_dir), upstream))
             record = store.save(model, seed, stage, settings, result, time.perf_counter() - start)
-        if stage == BENCH:
-            bench[model] = record["result"]
+        if seed is None:
+            per_model[stage][model] = record["result"]
         else:
             runs[model][str(seed)][stage] = record["result"]
         log.append({"model": model, "seed": seed, "stage": stage, "seconds": record["seconds"], "reused": reused})
     bar.close()
-    return {"runs": runs, "bench": bench, "stages": log}
+    return {"runs": runs, "bench": per_model[BENCH], "training_memory": per_model[MEMORY], "stages": log}

@@ -1,6 +1,7 @@
-"""The four stages of a reproduction, each a thin call into the library's own entry points:
-training (climp.train.trainer.train), evaluation (climp.eval.evaluate), the Hessian analysis
-(climp.analysis.analyse_hessian) and the efficiency benchmark (climp.eval.bench.bench_model)."""
+"""The stages of a reproduction, each a thin call into the library's own entry points: training
+(climp.train.trainer.train), evaluation (climp.eval.evaluate), the Hessian analysis
+(climp.analysis.analyse_hessian), the efficiency benchmark (climp.eval.bench.bench_model) and the
+training activation memory of the image tower (climp.eval.activation_memory)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,12 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from .presets import Preset
 
-TRAIN, EVAL, HESSIAN, BENCH = "train", "eval", "hessian", "bench"
+TRAIN, EVAL, HESSIAN, BENCH, MEMORY = "train", "eval", "hessian", "bench", "train_memory"
 SEED_STAGES = (TRAIN, EVAL, HESSIAN)  # once per (model, seed), in this order
-MODEL_STAGES = (BENCH,)  # once per model: costs do not depend on the trained weights
+MODEL_STAGES = (BENCH, MEMORY)  # once per model: costs do not depend on the trained weights
+# training activation memory: batch 1, the training side and 4x it (16x the pixels), attention
+# materialised (the CLIMP paper's comparison) and fused
+MEMORY_SETTINGS: Dict[str, Any] = {"batch": 1, "scales": [1, 4], "attention": ["math", "fused"]}
 
 
 @dataclass
@@ -40,6 +44,8 @@ def stage_settings(stage: str, preset: Preset) -> Dict[str, Any]:
         return {"hessian": preset.hessian, "data": preset.hessian_data, "train": preset.train}
     if stage == BENCH:
         return {"bench": preset.bench}
+    if stage == MEMORY:
+        return {"training_memory": MEMORY_SETTINGS, "side": training_side(preset)}
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -125,5 +131,34 @@ def bench_stage(job: Job) -> Dict[str, Any]:
     return bench_model(job.model, bench_settings(job.preset, job.model))
 
 
+def training_side(preset: Preset) -> Optional[int]:
+    """The side the preset trains at (None: each model's own nominal side)."""
+    return preset.train.get("resolution")
+
+
+def memory_stage(job: Job) -> Dict[str, Any]:
+    """Training activation memory of the image tower (what one forward keeps for the backward) at
+    the settings of MEMORY_SETTINGS, on the CPU: {"train_side", "batch", "sides": {side: {"scale",
+    "pixels_ratio", attention backend: measurement}}}."""
+    import climp
+    import torch
+    from climp.eval.activation_memory import training_activation_memory
+    from climp.eval.runner import model_image_side
+
+    torch.manual_seed(0)
+    model = climp.create_model(job.model)
+    visual = model.visual
+    side = training_side(job.preset) or model_image_side(model)
+    batch = MEMORY_SETTINGS["batch"]
+    out: Dict[str, Any] = {"train_side": side, "batch": batch, "sides": {}}
+    for scale in MEMORY_SETTINGS["scales"]:
+        s = side * scale
+        row: Dict[str, Any] = {"scale": scale, "pixels_ratio": scale ** 2}
+        for kind in MEMORY_SETTINGS["attention"]:
+            row[kind] = training_activation_memory(visual, lambda dev: torch.zeros(batch, 3, s, s, device=dev), kind)
+        out["sides"][str(s)] = row
+    return out
+
+
 STAGE_FUNCTIONS: Mapping[str, StageFn] = {TRAIN: train_stage, EVAL: eval_stage, HESSIAN: hessian_stage,
-                                          BENCH: bench_stage}
+                                          BENCH: bench_stage, MEMORY: memory_stage}
