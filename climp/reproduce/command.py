@@ -13,9 +13,11 @@ DESCRIPTION = """Reproduce the claims of CLIMP and CLIP-Mamba on the embedded be
 
 Trains every model (default: climp-tiny-paper, the papers' CLIMP in miniature; climp-tiny, our
 pyramid-pooling variant, reported in extra rows; clip-vit-tiny; climp-mamba1d-tiny; ~8.6M
-parameters each) with the same data, steps and seeds; runs the evaluation suite, the efficiency benchmark
-and the Hessian analysis on each; writes REPORT.md (tables, plots, one verdict per claim:
-holds / does not hold / inconclusive within the seed spread) and results.json into --out.
+parameters each) with the same data, steps and seeds; runs the evaluation suite, the efficiency benchmark,
+the image tower's training activation memory and the Hessian analysis on each; writes REPORT.md
+(tables, plots, one verdict per claim: holds / does not hold / inconclusive within the seed
+spread; CLIMP's "5x less memory" holds only if the measured training-memory ratio reaches 5x)
+and results.json into --out.
 Rerunning the same command resumes: finished stages are reused, training continues from its
 latest checkpoint. Presets: quick (1 seed, <= 15 min on 2 cores), full (3 seeds, <= 2 h),
 smoke (seconds; checks the pipeline only)."""
