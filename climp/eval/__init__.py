@@ -1,6 +1,6 @@
 """Evaluation of CLIMP and CLIP models: zero-shot classification, retrieval, image shifts,
 spurious correlations, OOD detection, resolution scaling, dense-caption retrieval, hubness,
-shape bias, and efficiency (FLOPs, memory, throughput).
+shape bias, and efficiency (FLOPs, inference and training activation memory, throughput).
 
 `evaluate(model, tokenizer, preprocess, tasks, settings)` runs any subset of TASKS on the embedded
 benchmark (climp.data.synthetic) and on local real data (see datasets.py). `climp.eval.job.run_eval(EvalJob)`

@@ -35,7 +35,7 @@ from .stages import MEMORY
 HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
 
 StageResults = Mapping[str, Any]  # {"train": ..., "eval": ..., "hessian": ...} of one (model, seed)
-ModelResults = Mapping[str, Any]  # {"bench": ..., "train_memory": ...} of one model
+ModelResults = Mapping[str, Any]  # {"train_memory": ...}: the per-model stage results of one model
 PAPER_MEMORY_RATIO = 5.0  # CLIMP: 5x less memory than ViT at 16x the training pixels
 
 

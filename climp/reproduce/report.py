@@ -52,7 +52,7 @@ def stats_text(stats: Optional[Mapping[str, Any]]) -> str:
 def check_evidence(check: Mapping[str, Any]) -> str:
     text = f"{check['label']}: {check['subject_text']} vs {check['baseline_text']}"
     if check.get("ratio") is not None:
-        text += f" ({check['ratio']:.2f}x less; the paper: {check['target_ratio']:g}x)"
+        text += f" (measured {check['ratio']:.2f}x, the paper's {check['target_ratio']:g}x)"
     return text
 
 
