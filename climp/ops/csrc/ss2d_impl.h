@@ -18,6 +18,10 @@
  * with at least as many batch elements as threads, a thread takes whole batch elements and
  * accumulates in place (lane-wise into a vector buffer, summed over lanes once per batch element,
  * where that buffer fits); otherwise threads accumulate into private copies added at the end.
+ * Per-block constants (dt weights, A, bias, D in lanes) are built once per call, and each thread
+ * sums the parameter gradients as vectors in the same lane layout, transposed into the (4, dim)
+ * layouts once at the end: on small maps, where a block has only a few steps per direction,
+ * neither costs a per-item pass over the block's channels lane by lane.
  */
 
 /* A traversal: step (o, i) visits pixel p0 + o * so + i * si, o < no outer, i < ni inner steps. */
@@ -81,6 +85,24 @@ static void FN(ss2d_consts_of)(const REAL *dtw, const REAL *bias, const REAL *A,
     }
 }
 
+/* Every channel block's constants, built once per call (they are the same for every batch
+ * element): nblocks structs over one buffer of 4 rank + 8 nstate vectors per block, returned in
+ * *mem to be freed with the table. */
+static FN(ss2d_consts_t) *FN(ss2d_consts_table)(const REAL *dtw, const REAL *bias, const REAL *A, const REAL *D,
+                                                int64_t dim, int64_t rank, int64_t nstate, VEC **mem) {
+    int64_t nblocks = (dim + LANES - 1) / LANES, per_block = 4 * rank + 8 * nstate;
+    FN(ss2d_consts_t) *table = scratch_alloc(nblocks * sizeof *table);
+    *mem = scratch_alloc(nblocks * per_block * sizeof(VEC));
+    for (int64_t j = 0; j < nblocks; ++j) {
+        FN(ss2d_consts_t) *c = table + j;
+        int64_t first = j * LANES;
+        c->w = *mem + j * per_block, c->a = c->w + 4 * rank, c->a_scaled = c->a + 4 * nstate;
+        FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first,
+                           dim - first < LANES ? (int)(dim - first) : LANES, c);
+    }
+    return table;
+}
+
 /* delta before softplus at one step: bias + sum_r w_r x_r. */
 static inline VEC FN(ss2d_delta)(const VEC *w, VEC bias, const REAL *x, int64_t rank) {
     VEC acc = bias;
@@ -123,34 +145,43 @@ static inline int64_t FN(ss2d_threads)(int64_t items, int nthreads) {
     return nthreads < 1 ? 1 : (items < nthreads ? (items < 1 ? 1 : items) : nthreads);
 }
 
+/* Forward items handed out at a time by the dynamic schedule: about 4096 steps of one direction,
+ * so a small map's items do not each pay for it, while every thread still gets 8 chunks or more. */
+static inline int64_t FN(ss2d_fwd_chunk)(int64_t items, int64_t length, int64_t team) {
+    int64_t chunk = length >= 4096 ? 1 : 4096 / length, most = items / (8 * team);
+    return chunk < most ? chunk : (most < 1 ? 1 : most);
+}
+
 void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *bias, const REAL *A,
                   const REAL *D, int softplus, REAL *out, int64_t batch, int64_t height, int64_t width,
                   int64_t dim, int64_t rank, int64_t nstate, int nthreads) {
     int64_t L = height * width, nblocks = (dim + LANES - 1) / LANES;
     advise_huge_pages(out, (size_t)(batch * L * dim) * sizeof(REAL));
-#pragma omp parallel num_threads(FN(ss2d_threads)(batch * nblocks, nthreads))
+    VEC *consts_mem;
+    const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
+    int64_t team = FN(ss2d_threads)(batch * nblocks, nthreads), chunk = FN(ss2d_fwd_chunk)(batch * nblocks, L, team);
+#pragma omp parallel num_threads(team)
     {
-        VEC *mem = scratch_alloc((4 * rank + 8 * nstate + nstate) * sizeof(VEC));
-        FN(ss2d_consts_t) c;
-        c.w = mem, c.a = mem + 4 * rank, c.a_scaled = c.a + 4 * nstate;
-        VEC *h = c.a_scaled + 4 * nstate;
-#pragma omp for schedule(dynamic)
+        VEC *h = scratch_alloc(nstate * sizeof(VEC));
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t item = 0; item < batch * nblocks; ++item) {
             int64_t b = item / nblocks, first = (item % nblocks) * LANES;
             int count = dim - first < LANES ? (int)(dim - first) : LANES;
-            FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
+            const FN(ss2d_consts_t) *c = table + item % nblocks;
             const REAL *ub = u + b * L * dim + first, *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
             REAL *ob = out + b * L * dim + first;
             for (int k = 0; k < 4; ++k) {
                 FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
                 if (nstate == 1)
-                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, &c, softplus, h);
+                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, c, softplus, h);
                 else
-                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, &c, softplus, h);
+                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, c, softplus, h);
             }
         }
-        free(mem);
+        free(h);
     }
+    free(consts_mem);
+    free((void *)table);
 }
 
 /* Per-thread scratch of the backward: per step of one traversal, dt, softplus' and, per state,
@@ -236,13 +267,14 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
     for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
 }
 
-/* One batch element's block, all four directions; adds the block's parameter gradients into
- * the thread's sums (layout of dtw, then bias, A, D). */
+/* One batch element's block, all four directions; adds the block's parameter gradients into the
+ * thread's partial sums pv of this block: per direction, rank + nstate + 2 vectors (dtw's columns,
+ * A's, bias, D; lane = channel). */
 static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
                                VEC *dxv, int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
-                               int64_t first, int count, const FN(ss2d_consts_t) *c, int softplus,
-                               FN(ss2d_scratch_t) *s, REAL *psum) {
-    REAL *pdtw = psum, *pbias = pdtw + 4 * dim * rank, *pA = pbias + 4 * dim, *pD = pA + 4 * dim * nstate;
+                               int count, const FN(ss2d_consts_t) *c, int softplus, FN(ss2d_scratch_t) *s,
+                               VEC *pv) {
+    int64_t P = rank + nstate + 2;
     for (int k = 0; k < 4; ++k) {
         FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
         for (int64_t r = 0; r < rank; ++r) s->dw[r] = (VEC){0};
@@ -255,13 +287,11 @@ static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout
         else
             FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c,
                              softplus, s);
-        for (int j = 0; j < count; ++j) {
-            int64_t ch = k * dim + first + j;
-            for (int64_t r = 0; r < rank; ++r) pdtw[ch * rank + r] += s->dw[r][j];
-            for (int64_t n = 0; n < nstate; ++n) pA[ch * nstate + n] += s->dA[n][j];
-            pbias[ch] += s->dbias[j];
-            pD[ch] += s->dD[j];
-        }
+        VEC *pk = pv + k * P;
+        for (int64_t r = 0; r < rank; ++r) pk[r] += s->dw[r];
+        for (int64_t n = 0; n < nstate; ++n) pk[rank + n] += s->dA[n];
+        pk[rank + nstate] += s->dbias;
+        pk[rank + nstate + 1] += s->dD;
     }
 }
 
@@ -276,11 +306,14 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     int64_t vec_acc = per_batch && L * 4 * Q * (int64_t)sizeof(VEC) <= SS2D_VEC_ACC_BYTES;
     int64_t items = per_batch ? batch : batch * nblocks;
     int team = (int)FN(ss2d_threads)(items, nthreads);
-    size_t psize = 4 * dim * (rank + nstate + 2);
+    /* per thread, the parameter gradients' partial sums: per block and direction, P vectors */
+    int64_t P = rank + nstate + 2, pv_size = nblocks * 4 * P;
     advise_huge_pages(du, (size_t)(batch * L * dim) * sizeof(REAL));
     memset(dxdbl, 0, x_size * sizeof(REAL));
-    REAL *psums = scratch_alloc(team * psize * sizeof(REAL));
-    memset(psums, 0, team * psize * sizeof(REAL));
+    VEC *consts_mem;
+    const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
+    VEC *pvs = scratch_alloc(team * pv_size * sizeof(VEC));
+    memset(pvs, 0, team * pv_size * sizeof(VEC));
     REAL *partials = NULL;
     if (!per_batch && team > 1) {
         partials = scratch_alloc((team - 1) * x_size * sizeof(REAL));
@@ -290,14 +323,11 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     {
         int tid = omp_get_thread_num();
         REAL *dx_acc = tid && partials ? partials + (tid - 1) * x_size : dxdbl;
-        VEC *mem = scratch_alloc(((2 + 2 * nstate) * L + 4 * rank + 8 * nstate + rank + nstate +
-                                  groups * LANES) * sizeof(VEC));
+        VEC *mem = scratch_alloc(((2 + 2 * nstate) * L + rank + nstate + groups * LANES) * sizeof(VEC));
         FN(ss2d_scratch_t) s;
         s.dt = mem, s.sig = s.dt + L, s.e = s.sig + L, s.w = s.e + nstate * L;
-        FN(ss2d_consts_t) c;
-        c.w = s.w + nstate * L, c.a = c.w + 4 * rank, c.a_scaled = c.a + 4 * nstate;
-        s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.sums = s.dA + nstate;
-        REAL *psum = psums + tid * psize;
+        s.dw = s.w + nstate * L, s.dA = s.dw + rank, s.sums = s.dA + nstate;
+        VEC *pv = pvs + tid * pv_size;
         VEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + LANES) * sizeof(VEC)) : NULL;
 #pragma omp for schedule(static) /* fixed item-to-thread map: deterministic partial sums (parallel.h) */
         for (int64_t item = 0; item < items; ++item) {
@@ -307,9 +337,9 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
             for (int64_t j = j0; j < j1; ++j) {
                 int64_t first = j * LANES, off = b * L * dim + first;
                 int count = dim - first < LANES ? (int)(dim - first) : LANES;
-                FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
                 FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
-                                   height, width, dim, rank, nstate, first, count, &c, softplus, &s, psum);
+                                   height, width, dim, rank, nstate, count, table + j, softplus, &s,
+                                   pv + j * 4 * P);
             }
             for (int64_t i = 0; dxv && i < L * 4 * Q; i += LANES) { /* lane sums, 8 entries at a time */
                 VEC tot = FN(lane_sums8)(dxv + i);
@@ -325,17 +355,25 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
                 for (int th = 1; th < team; ++th) dxdbl[i] += partials[(th - 1) * x_size + i];
         }
     }
-    REAL *outs[4] = {ddtw, dbias, dA, dD};
-    size_t sizes[4] = {4 * dim * rank, 4 * dim, 4 * dim * nstate, 4 * dim};
-    size_t at = 0;
-    for (int q = 0; q < 4; ++q) {
-        for (size_t i = 0; i < sizes[q]; ++i) {
-            REAL tot = 0;
-            for (int th = 0; th < team; ++th) tot += psums[th * psize + at + i];
-            outs[q][i] = tot;
+    /* the threads' partial sums, added in thread order, into (4, dim, ...) layouts */
+    for (int k = 0; k < 4; ++k)
+        for (int64_t ch = 0; ch < dim; ++ch) {
+            int64_t at = ((ch / LANES) * 4 + k) * P, lane = ch % LANES, row = k * dim + ch;
+            for (int64_t q = 0; q < P; ++q) {
+                REAL tot = 0;
+                for (int th = 0; th < team; ++th) tot += pvs[th * pv_size + at + q][lane];
+                if (q < rank)
+                    ddtw[row * rank + q] = tot;
+                else if (q < rank + nstate)
+                    dA[row * nstate + q - rank] = tot;
+                else if (q == rank + nstate)
+                    dbias[row] = tot;
+                else
+                    dD[row] = tot;
+            }
         }
-        at += sizes[q];
-    }
     free(partials);
-    free(psums);
+    free(pvs);
+    free(consts_mem);
+    free((void *)table);
 }
