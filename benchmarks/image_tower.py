@@ -10,6 +10,7 @@ rounds, to measure a change against its predecessor.
 
   python benchmarks/image_tower.py                            # climp-tiny vs clip-vit-tiny, 64 px
   python benchmarks/image_tower.py --models climp-tiny --baseline /tmp/climp-old --rounds 5
+  python benchmarks/image_tower.py --threads 1 --clock cpu    # on a busy machine
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ WORKER = """
 import json, sys, time
 import climp, torch
 name, side, batch, steps, threads = sys.argv[1], *map(int, sys.argv[2:6])
+clock = time.process_time if sys.argv[6] == "cpu" else time.perf_counter
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 tower = climp.create_model(name).visual.train()
@@ -43,9 +45,9 @@ for _ in range(2):
     step()
 times = []
 for _ in range(steps):
-    start = time.perf_counter()
+    start = clock()
     step()
-    times.append(time.perf_counter() - start)
+    times.append(clock() - start)
 print(json.dumps(times))
 """
 
@@ -54,10 +56,10 @@ def int_list(text: str) -> List[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-def time_tower(root: str, name: str, side: int, batch: int, steps: int, threads: int) -> float:
+def time_tower(root: str, name: str, side: int, batch: int, steps: int, threads: int, clock: str) -> float:
     """Median seconds of one forward + backward of `name`'s image tower, climp imported from root."""
-    result = subprocess.run([sys.executable, "-c", WORKER, name, str(side), str(batch), str(steps), str(threads)],
-                            cwd=root, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", WORKER, name, str(side), str(batch), str(steps), str(threads),
+                             clock], cwd=root, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"timing {name} from {root} failed:\n{result.stderr}")
     return median(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -79,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round (their median counts)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: the process's CPU time instead of wall-clock time (with --threads 1, the "
+                             "work itself, little affected by other processes on a busy machine)")
     parser.add_argument("--baseline", help="another climp checkout: the first model's tower timed from it too")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -88,7 +93,7 @@ def main(argv=None) -> int:
         runs.append((f"{names[0]} (baseline)", os.path.abspath(args.baseline), names[0]))
     print(f"$ python benchmarks/image_tower.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"image tower forward + backward, batch {args.batch}, {args.rounds} interleaved rounds of "
-          f"{args.steps} steps, {args.threads} threads")
+          f"{args.steps} steps, {args.threads} threads, {args.clock} time")
     print("| tower | side | forward GFLOPs | fwd+bwd (median) | GFLOP/s (3x forward) |")
     print("|---|---|---|---|---|")
     results: Dict[int, Dict[str, object]] = {}
@@ -96,7 +101,7 @@ def main(argv=None) -> int:
         times: Dict[str, List[float]] = {label: [] for label, _, _ in runs}
         for _ in range(args.rounds):
             for label, root, name in runs:
-                times[label].append(time_tower(root, name, side, args.batch, args.steps, args.threads))
+                times[label].append(time_tower(root, name, side, args.batch, args.steps, args.threads, args.clock))
         flops = {name: forward_flops(name, side, args.batch) for name in names}
         row: Dict[str, object] = {}
         for label, _, name in runs:
