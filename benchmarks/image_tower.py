@@ -11,6 +11,10 @@ rounds, to measure a change against its predecessor.
   python benchmarks/image_tower.py                            # climp-tiny vs clip-vit-tiny, 64 px
   python benchmarks/image_tower.py --models climp-tiny --baseline /tmp/climp-old --rounds 5
   python benchmarks/image_tower.py --threads 1 --clock cpu    # on a busy machine
+  python benchmarks/image_tower.py --ss2d --threads 1 --clock cpu --baseline /tmp/climp-old
+
+--ss2d times only the fused SS2D op (`climp::ss2d_scan`, forward and backward apart) at
+climp-tiny's four stage shapes at --sides[0] px, summed over the tower's blocks.
 """
 from __future__ import annotations
 
@@ -52,6 +56,62 @@ print(json.dumps(times))
 """
 
 
+# The fused SS2D op alone at climp-tiny's stage shapes: (map side / image side, d_inner, dt rank, blocks).
+SS2D_WORKER = """
+import json, sys, time
+import climp, torch
+from climp.ops.fused_ss2d import ss2d_scan, ss2d_scan_backward
+side, batch, steps, threads = map(int, sys.argv[1:5])
+torch.set_num_threads(threads)
+clock = time.process_time if sys.argv[5] == "cpu" else time.perf_counter
+g = torch.Generator().manual_seed(0)
+def best(fn):
+    fn()
+    times = []
+    for _ in range(steps):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return sorted(times)[len(times) // 2]
+fwd = bwd = 0.0
+for stride, dim, rank, blocks in ((4, 128, 4, 1), (8, 128, 4, 1), (16, 256, 8, 4), (32, 512, 16, 1)):
+    hw = side // stride
+    u, go = (torch.randn(batch, hw, hw, dim, generator=g) for _ in range(2))
+    x = torch.randn(batch, hw, hw, 4, rank + 2, generator=g) * 0.5
+    w, bias, D = torch.randn(4, dim, rank, generator=g) * 0.3, torch.randn(4 * dim, generator=g), torch.randn(4 * dim)
+    A = -torch.rand(4 * dim, 1, generator=g) - 0.5
+    fwd += blocks * best(lambda: ss2d_scan(u, x, w, bias, A, D, True))
+    bwd += blocks * best(lambda: ss2d_scan_backward(u, x, w, bias, A, D, True, go))
+print(json.dumps([fwd, bwd]))
+"""
+
+
+def time_ss2d(root: str, side: int, batch: int, steps: int, threads: int, clock: str) -> List[float]:
+    """Median seconds of the fused SS2D op's forward and backward over climp-tiny's blocks."""
+    result = subprocess.run([sys.executable, "-c", SS2D_WORKER, str(side), str(batch), str(steps), str(threads), clock],
+                            cwd=root, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"timing SS2D from {root} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def ss2d_main(args) -> int:
+    roots = {"this checkout": ROOT, **({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})}
+    side = args.sides[0]
+    print(f"fused SS2D op at climp-tiny's stage shapes, {side} px, batch {args.batch}, {args.rounds} interleaved "
+          f"rounds, {args.threads} threads, {args.clock} time")
+    times: Dict[str, List[List[float]]] = {label: [] for label in roots}
+    for _ in range(args.rounds):
+        for label, root in roots.items():
+            times[label].append(time_ss2d(root, side, args.batch, args.steps, args.threads, args.clock))
+    print("| checkout | forward (all blocks) | backward (all blocks) |")
+    print("|---|---|---|")
+    for label, rows in times.items():
+        print(f"| {label} | {median(r[0] for r in rows) * 1e3:.1f} ms | {median(r[1] for r in rows) * 1e3:.1f} ms |")
+    write_json(args.json, args, times)
+    return 0
+
+
 def int_list(text: str) -> List[int]:
     return [int(v) for v in text.split(",") if v]
 
@@ -85,8 +145,11 @@ def main(argv=None) -> int:
                         help="cpu: the process's CPU time instead of wall-clock time (with --threads 1, the "
                              "work itself, little affected by other processes on a busy machine)")
     parser.add_argument("--baseline", help="another climp checkout: the first model's tower timed from it too")
+    parser.add_argument("--ss2d", action="store_true", help="time only the fused SS2D op (see above)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.ss2d:
+        return ss2d_main(args)
     names = args.models.split(",")
     runs = [(name, ROOT, name) for name in names]
     if args.baseline:
