@@ -12,7 +12,7 @@
  * their input gradients into du) inside the kernel. The dt projection, delta = dtw_k . dt input
  * + bias, runs per step in registers, so no (batch, 4, dim, L) tensor exists anywhere.
  *
- * A work item is one batch element's block of LANES consecutive channels (vector lane = channel,
+ * A work item is one batch element's block of SLANES consecutive channels (vector lane = channel,
  * the recurrence's layout, so no transposes are needed); its four directions run in turn on one
  * thread, which makes the accumulation into out and du race-free. dxdbl sums over channel blocks:
  * with at least as many batch elements as threads, a thread takes whole batch elements and
