@@ -373,7 +373,9 @@ class VMambaVisionTower(LockableTower, nn.Module):
         """(batch, 3, H, W) -> pooled features (batch, num_features), before the projection."""
         check_images(images, self.cfg.in_chans, self.cfg.total_stride,
                      f"patch_size {self.cfg.patch_size} * 2**{len(self.cfg.depths) - 1}")
-        x = self.patch_embed(images)
+        # channels_last images make the stem's first conv write a channel-last map, so its
+        # LayerNorm reads it without a copy (and the conv's backward gets its gradient as is).
+        x = self.patch_embed(images.contiguous(memory_format=torch.channels_last))
         if self.stage_norms is not None:
             return self._pyramid_features(x)
         for stage in self.layers:

@@ -12,13 +12,121 @@
  * their input gradients into du) inside the kernel. The dt projection, delta = dtw_k . dt input
  * + bias, runs per step in registers, so no (batch, 4, dim, L) tensor exists anywhere.
  *
- * A work item is one batch element's block of LANES consecutive channels (vector lane = channel,
+ * A work item is one batch element's block of SLANES consecutive channels (vector lane = channel,
  * the recurrence's layout, so no transposes are needed); its four directions run in turn on one
  * thread, which makes the accumulation into out and du race-free. dxdbl sums over channel blocks:
  * with at least as many batch elements as threads, a thread takes whole batch elements and
  * accumulates in place (lane-wise into a vector buffer, summed over lanes once per batch element,
  * where that buffer fits); otherwise threads accumulate into private copies added at the end.
+ * Per-block constants (dt weights, A, bias, D in lanes) are built once per call, and each thread
+ * sums the parameter gradients as vectors in the same lane layout, transposed into the (4, dim)
+ * layouts once at the end: on small maps, where a block has only a few steps per direction,
+ * neither costs a per-item pass over the block's channels lane by lane.
  */
+
+/* The vector: float32 runs 16 lanes (512 bits) where AVX-512 is available, twice the plain
+ * scan's 8, and float64 the plain scan's 8 doubles (512 bits already). SVEC, SLANES and the
+ * helpers below stand for the one in use. The file is included for float32 first, then float64
+ * (checked by the assertion). */
+#ifndef CLIMP_SS2D_FLOAT32_DONE
+#define CLIMP_SS2D_FLOAT32_DONE
+#define CLIMP_SS2D_FLOAT32 1
+#ifdef __AVX512F__
+typedef float ss2d_v16 __attribute__((vector_size(16 * sizeof(float))));
+typedef int32_t ss2d_i16 __attribute__((vector_size(16 * sizeof(int32_t))));
+typedef uint32_t ss2d_u16 __attribute__((vector_size(16 * sizeof(uint32_t))));
+
+static inline ss2d_v16 ss2d_max16(ss2d_v16 a, ss2d_v16 b) { return (ss2d_v16)_mm512_max_ps((__m512)a, (__m512)b); }
+
+static inline ss2d_v16 ss2d_min16(ss2d_v16 a, ss2d_v16 b) { return (ss2d_v16)_mm512_min_ps((__m512)a, (__m512)b); }
+
+/* vexp2_inrange_f32 on 16 lanes: the 8-entry table repeated in both halves of a 16-entry permute
+ * (whose index bit 3, the integer part's lowest bit, then selects the same entry). */
+static inline ss2d_v16 ss2d_exp2_inrange16(ss2d_v16 t) {
+    const ss2d_v16 zero = {0}, magic = zero + 1572864.0f;
+    const ss2d_u16 table = {0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7, 0x3f7504f3, 0x3f75672a, 0x3f7744fd,
+                            0x3f7ac0c7, 0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7, 0x3f7504f3, 0x3f75672a,
+                            0x3f7744fd, 0x3f7ac0c7};
+    ss2d_v16 shifted = t + magic;
+    ss2d_v16 f = t - (shifted - magic);
+    ss2d_u16 bits = (ss2d_u16)shifted;
+    ss2d_u16 s = (ss2d_u16)_mm512_permutexvar_ps((__m512i)bits, (__m512)table) + (bits << 20);
+    ss2d_v16 p = f * 0.05549622f + 0.24025764f;
+    p = p * f + 0.69314724f;
+    p = p * f + 1.0f;
+    return (ss2d_v16)s * p;
+}
+
+/* vexp2_f32 on 16 lanes. */
+static inline ss2d_v16 ss2d_exp2_16(ss2d_v16 x) {
+    const ss2d_v16 zero = {0};
+    return ss2d_exp2_inrange16(ss2d_min16(ss2d_max16(x, zero - 125.0f), zero + 127.0f));
+}
+
+/* vsoftplus_f32 on 16 lanes (same polynomial, same sigmoid). */
+static inline ss2d_v16 ss2d_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
+    const ss2d_v16 zero = {0};
+    ss2d_v16 y = ss2d_exp2_inrange16(
+        ss2d_max16((ss2d_v16)((ss2d_i16)x & 0x7fffffff) * -1.44269504088896341f, zero - 125.0f));
+    if (sig) {
+        ss2d_v16 inv = 1.0f / (1.0f + y);
+        ss2d_i16 neg = x < zero;
+        *sig = (ss2d_v16)(((ss2d_i16)(y * inv) & neg) | ((ss2d_i16)inv & ~neg));
+    }
+    ss2d_v16 q = y * 5.232659e-3f - 2.9505106e-2f;
+    q = q * y + 7.822575e-2f;
+    q = q * y - 1.366323e-1f;
+    q = q * y + 1.9106e-1f;
+    q = q * y - 2.484298e-1f;
+    q = q * y + 3.3319098e-1f;
+    q = q * y - 4.9999493e-1f;
+    q = q * y + 0.99999994f;
+    return ss2d_max16(x, zero) + y * q;
+}
+
+/* Lane i of the result: the sum of v[i]'s 16 lanes (pairwise, in four shuffle-and-add rounds). */
+static inline ss2d_v16 ss2d_lane_sums16(const ss2d_v16 *v) {
+    ss2d_v16 s[8], q[4], r[2];
+    for (int i = 0; i < 8; ++i)
+        s[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14,
+                                       30) +
+               __builtin_shufflevector(v[2 * i], v[2 * i + 1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15,
+                                       31);
+    for (int i = 0; i < 4; ++i)
+        q[i] = __builtin_shufflevector(s[2 * i], s[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28,
+                                       29) +
+               __builtin_shufflevector(s[2 * i], s[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30,
+                                       31);
+    for (int i = 0; i < 2; ++i)
+        r[i] = __builtin_shufflevector(q[2 * i], q[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26,
+                                       27) +
+               __builtin_shufflevector(q[2 * i], q[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30,
+                                       31);
+    return __builtin_shufflevector(r[0], r[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(r[0], r[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+#endif
+#else
+#undef CLIMP_SS2D_FLOAT32
+#define CLIMP_SS2D_FLOAT32 0
+#endif
+_Static_assert(sizeof(REAL) == (CLIMP_SS2D_FLOAT32 ? sizeof(float) : sizeof(double)),
+               "ss2d_impl.h is included for float32 first, then float64");
+
+#if CLIMP_SS2D_FLOAT32 && defined(__AVX512F__)
+#define SVEC ss2d_v16
+#define SLANES 16
+#define SVEXP_SCALED ss2d_exp2_16
+#define SVSOFTPLUS ss2d_softplus16
+#define SLANE_SUMS ss2d_lane_sums16
+#else
+#define SVEC VEC
+#define SLANES LANES
+#define SVEXP_SCALED VEXP_SCALED
+#define SVSOFTPLUS VSOFTPLUS
+#define SLANE_SUMS FN(lane_sums8)
+#endif
+
 
 /* A traversal: step (o, i) visits pixel p0 + o * so + i * si, o < no outer, i < ni inner steps. */
 typedef struct {
@@ -37,18 +145,18 @@ static inline FN(ss2d_dir_t) FN(ss2d_dir)(int k, int64_t height, int64_t width) 
     return d;
 }
 
-/* count <= LANES channels at p as a vector (zero beyond count), and back. */
-static inline VEC FN(ss2d_load)(const REAL *p, int count) {
-    VEC v = {0};
-    if (count == LANES) /* a constant size: one vector load, no library call */
+/* count <= SLANES channels at p as a vector (zero beyond count), and back. */
+static inline SVEC FN(ss2d_load)(const REAL *p, int count) {
+    SVEC v = {0};
+    if (count == SLANES) /* a constant size: one vector load, no library call */
         memcpy(&v, p, sizeof v);
     else
         for (int j = 0; j < count; ++j) v[j] = p[j];
     return v;
 }
 
-static inline void FN(ss2d_store)(REAL *p, VEC v, int count) {
-    if (count == LANES)
+static inline void FN(ss2d_store)(REAL *p, SVEC v, int count) {
+    if (count == SLANES)
         memcpy(p, &v, sizeof v);
     else
         for (int j = 0; j < count; ++j) p[j] = v[j];
@@ -56,18 +164,18 @@ static inline void FN(ss2d_store)(REAL *p, VEC v, int count) {
 
 /* Per-block, per-direction constants (lane = channel; 0 beyond the block). */
 typedef struct {
-    VEC *w;        /* [4][rank]: dtw column r of the block's channels */
-    VEC *a;        /* [4][nstate]: A */
-    VEC *a_scaled; /* [4][nstate]: A * EXP_SCALE (VEXP_SCALED's argument scale) */
-    VEC bias[4], D[4];
+    SVEC *w;        /* [4][rank]: dtw column r of the block's channels */
+    SVEC *a;        /* [4][nstate]: A */
+    SVEC *a_scaled; /* [4][nstate]: A * EXP_SCALE (SVEXP_SCALED's argument scale) */
+    SVEC bias[4], D[4];
 } FN(ss2d_consts_t);
 
 static void FN(ss2d_consts_of)(const REAL *dtw, const REAL *bias, const REAL *A, const REAL *D, int64_t dim,
                                int64_t rank, int64_t nstate, int64_t first, int count, FN(ss2d_consts_t) *c) {
     for (int k = 0; k < 4; ++k) {
-        c->bias[k] = c->D[k] = (VEC){0};
-        for (int64_t r = 0; r < rank; ++r) c->w[k * rank + r] = (VEC){0};
-        for (int64_t n = 0; n < nstate; ++n) c->a[k * nstate + n] = c->a_scaled[k * nstate + n] = (VEC){0};
+        c->bias[k] = c->D[k] = (SVEC){0};
+        for (int64_t r = 0; r < rank; ++r) c->w[k * rank + r] = (SVEC){0};
+        for (int64_t n = 0; n < nstate; ++n) c->a[k * nstate + n] = c->a_scaled[k * nstate + n] = (SVEC){0};
         for (int j = 0; j < count; ++j) {
             int64_t ch = k * dim + first + j;
             c->bias[k][j] = bias[ch];
@@ -81,9 +189,27 @@ static void FN(ss2d_consts_of)(const REAL *dtw, const REAL *bias, const REAL *A,
     }
 }
 
+/* Every channel block's constants, built once per call (they are the same for every batch
+ * element): nblocks structs over one buffer of 4 rank + 8 nstate vectors per block, returned in
+ * *mem to be freed with the table. */
+static FN(ss2d_consts_t) *FN(ss2d_consts_table)(const REAL *dtw, const REAL *bias, const REAL *A, const REAL *D,
+                                                int64_t dim, int64_t rank, int64_t nstate, SVEC **mem) {
+    int64_t nblocks = (dim + SLANES - 1) / SLANES, per_block = 4 * rank + 8 * nstate;
+    FN(ss2d_consts_t) *table = scratch_alloc(nblocks * sizeof *table);
+    *mem = scratch_alloc(nblocks * per_block * sizeof(SVEC));
+    for (int64_t j = 0; j < nblocks; ++j) {
+        FN(ss2d_consts_t) *c = table + j;
+        int64_t first = j * SLANES;
+        c->w = *mem + j * per_block, c->a = c->w + 4 * rank, c->a_scaled = c->a + 4 * nstate;
+        FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first,
+                           dim - first < SLANES ? (int)(dim - first) : SLANES, c);
+    }
+    return table;
+}
+
 /* delta before softplus at one step: bias + sum_r w_r x_r. */
-static inline VEC FN(ss2d_delta)(const VEC *w, VEC bias, const REAL *x, int64_t rank) {
-    VEC acc = bias;
+static inline SVEC FN(ss2d_delta)(const SVEC *w, SVEC bias, const REAL *x, int64_t rank) {
+    SVEC acc = bias;
     for (int64_t r = 0; r < rank; ++r) acc += w[r] * x[r];
     return acc;
 }
@@ -93,20 +219,20 @@ static inline VEC FN(ss2d_delta)(const VEC *w, VEC bias, const REAL *x, int64_t 
 static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k, FN(ss2d_dir_t) d, const REAL *u,
                                                                   const REAL *xdbl, REAL *out, int64_t dim,
                                                                   int64_t rank, int64_t nstate, int count,
-                                                                  const FN(ss2d_consts_t) *c, int softplus, VEC *h) {
+                                                                  const FN(ss2d_consts_t) *c, int softplus, SVEC *h) {
     int64_t stride = 4 * (rank + 2 * nstate);
-    const VEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate;
-    for (int64_t n = 0; n < N; ++n) h[n] = (VEC){0};
+    const SVEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate;
+    for (int64_t n = 0; n < N; ++n) h[n] = (SVEC){0};
     for (int64_t o = 0; o < d.no; ++o)
         for (int64_t i = 0; i < d.ni; ++i) {
             int64_t p = d.p0 + o * d.so + i * d.si;
             const REAL *x = xdbl + p * stride + k * (rank + 2 * nstate), *Bp = x + rank, *Cp = Bp + nstate;
-            VEC uv = FN(ss2d_load)(u + p * dim, count);
-            VEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank);
-            if (softplus) dt = VSOFTPLUS(dt, NULL);
-            VEC dtu = dt * uv, y = c->D[k] * uv;
+            SVEC uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank);
+            if (softplus) dt = SVSOFTPLUS(dt, NULL);
+            SVEC dtu = dt * uv, y = c->D[k] * uv;
             for (int64_t n = 0; n < N; ++n) {
-                h[n] = VEXP_SCALED(dt * as[n]) * h[n] + dtu * Bp[n];
+                h[n] = SVEXP_SCALED(dt * as[n]) * h[n] + dtu * Bp[n];
                 y += h[n] * Cp[n];
             }
             REAL *op = out + p * dim;
@@ -123,42 +249,51 @@ static inline int64_t FN(ss2d_threads)(int64_t items, int nthreads) {
     return nthreads < 1 ? 1 : (items < nthreads ? (items < 1 ? 1 : items) : nthreads);
 }
 
+/* Forward items handed out at a time by the dynamic schedule: about 4096 steps of one direction,
+ * so a small map's items do not each pay for it, while every thread still gets 8 chunks or more. */
+static inline int64_t FN(ss2d_fwd_chunk)(int64_t items, int64_t length, int64_t team) {
+    int64_t chunk = length >= 4096 ? 1 : 4096 / length, most = items / (8 * team);
+    return chunk < most ? chunk : (most < 1 ? 1 : most);
+}
+
 void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *bias, const REAL *A,
                   const REAL *D, int softplus, REAL *out, int64_t batch, int64_t height, int64_t width,
                   int64_t dim, int64_t rank, int64_t nstate, int nthreads) {
-    int64_t L = height * width, nblocks = (dim + LANES - 1) / LANES;
+    int64_t L = height * width, nblocks = (dim + SLANES - 1) / SLANES;
     advise_huge_pages(out, (size_t)(batch * L * dim) * sizeof(REAL));
-#pragma omp parallel num_threads(FN(ss2d_threads)(batch * nblocks, nthreads))
+    SVEC *consts_mem;
+    const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
+    int64_t team = FN(ss2d_threads)(batch * nblocks, nthreads), chunk = FN(ss2d_fwd_chunk)(batch * nblocks, L, team);
+#pragma omp parallel num_threads(team)
     {
-        VEC *mem = scratch_alloc((4 * rank + 8 * nstate + nstate) * sizeof(VEC));
-        FN(ss2d_consts_t) c;
-        c.w = mem, c.a = mem + 4 * rank, c.a_scaled = c.a + 4 * nstate;
-        VEC *h = c.a_scaled + 4 * nstate;
-#pragma omp for schedule(dynamic)
+        SVEC *h = scratch_alloc(nstate * sizeof(SVEC));
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t item = 0; item < batch * nblocks; ++item) {
-            int64_t b = item / nblocks, first = (item % nblocks) * LANES;
-            int count = dim - first < LANES ? (int)(dim - first) : LANES;
-            FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
+            int64_t b = item / nblocks, first = (item % nblocks) * SLANES;
+            int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
+            const FN(ss2d_consts_t) *c = table + item % nblocks;
             const REAL *ub = u + b * L * dim + first, *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
             REAL *ob = out + b * L * dim + first;
             for (int k = 0; k < 4; ++k) {
                 FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
                 if (nstate == 1)
-                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, &c, softplus, h);
+                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, c, softplus, h);
                 else
-                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, &c, softplus, h);
+                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, c, softplus, h);
             }
         }
-        free(mem);
+        free(h);
     }
+    free(consts_mem);
+    free((void *)table);
 }
 
 /* Per-thread scratch of the backward: per step of one traversal, dt, softplus' and, per state,
  * e = exp(dt a) and w = e h_{t-1}; gradient sums of the current block (lane = channel). */
 typedef struct {
-    VEC *dt, *sig, *e, *w;
-    VEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [8 * ceil(Q / 8)] */
-    VEC dbias, dD;
+    SVEC *dt, *sig, *e, *w;
+    SVEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [SLANES * ceil(Q / SLANES)] */
+    SVEC dbias, dD;
 } FN(ss2d_scratch_t);
 
 /* One direction of one block backward: recompute the states forward, then run the adjoint in
@@ -168,45 +303,45 @@ typedef struct {
  * block of the batch element is done. */
 static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
     int N, int vacc, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
-    VEC *dxv, int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
+    SVEC *dxv, int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
     FN(ss2d_scratch_t) *s) {
-    int64_t Q = rank + 2 * nstate, stride = 4 * Q, groups = (Q + LANES - 1) / LANES;
-    const VEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate, *a = c->a + k * nstate;
-    VEC h[N];
-    for (int64_t n = 0; n < N; ++n) h[n] = (VEC){0};
+    int64_t Q = rank + 2 * nstate, stride = 4 * Q, groups = (Q + SLANES - 1) / SLANES;
+    const SVEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate, *a = c->a + k * nstate;
+    SVEC h[N];
+    for (int64_t n = 0; n < N; ++n) h[n] = (SVEC){0};
     int64_t t = 0;
     for (int64_t o = 0; o < d.no; ++o)
         for (int64_t i = 0; i < d.ni; ++i, ++t) {
             int64_t p = d.p0 + o * d.so + i * d.si;
             const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank;
-            VEC uv = FN(ss2d_load)(u + p * dim, count);
-            VEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank), sig = {0};
-            if (softplus) dt = VSOFTPLUS(dt, &sig);
+            SVEC uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank), sig = {0};
+            if (softplus) dt = SVSOFTPLUS(dt, &sig);
             s->dt[t] = dt;
             s->sig[t] = sig;
-            VEC dtu = dt * uv;
+            SVEC dtu = dt * uv;
             for (int64_t n = 0; n < N; ++n) {
-                VEC e = VEXP_SCALED(dt * as[n]), wn = e * h[n];
+                SVEC e = SVEXP_SCALED(dt * as[n]), wn = e * h[n];
                 h[n] = wn + dtu * Bp[n];
                 s->e[t * N + n] = e;
                 s->w[t * N + n] = wn;
             }
         }
-    VEC carry[N], dA[N];
-    for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = (VEC){0};
-    for (int64_t q = Q; q < groups * LANES; ++q) s->sums[q] = (VEC){0};
+    SVEC carry[N], dA[N];
+    for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = (SVEC){0};
+    for (int64_t q = Q; q < groups * SLANES; ++q) s->sums[q] = (SVEC){0};
     for (int64_t o = d.no - 1; o >= 0; --o)
         for (int64_t i = d.ni - 1; i >= 0; --i) {
             --t;
             int64_t p = d.p0 + o * d.so + i * d.si;
             const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank, *Cp = Bp + nstate;
             /* this step's gradients of the dt input, B and C, one vector each (lane = channel) */
-            VEC *acc = vacc ? dxv + p * stride + k * Q : s->sums;
-            VEC dy = FN(ss2d_load)(dout + p * dim, count), uv = FN(ss2d_load)(u + p * dim, count);
-            VEC dt = s->dt[t], dtu = dt * uv, s1 = {0}, s2 = {0};
+            SVEC *acc = vacc ? dxv + p * stride + k * Q : s->sums;
+            SVEC dy = FN(ss2d_load)(dout + p * dim, count), uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC dt = s->dt[t], dtu = dt * uv, s1 = {0}, s2 = {0};
             for (int64_t n = 0; n < N; ++n) {
-                VEC wn = s->w[t * N + n], g = dy * Cp[n] + carry[n], q = g * wn;
-                VEC gB = g * dtu, gC = dy * (wn + dtu * Bp[n]); /* dC = dy h */
+                SVEC wn = s->w[t * N + n], g = dy * Cp[n] + carry[n], q = g * wn;
+                SVEC gB = g * dtu, gC = dy * (wn + dtu * Bp[n]); /* dC = dy h */
                 acc[rank + n] = vacc ? acc[rank + n] + gB : gB;
                 acc[rank + nstate + n] = vacc ? acc[rank + nstate + n] + gC : gC;
                 s1 += g * Bp[n];
@@ -214,7 +349,7 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
                 dA[n] += q * dt;
                 carry[n] = s->e[t * N + n] * g;
             }
-            VEC ddt = uv * s1 + s2;
+            SVEC ddt = uv * s1 + s2;
             if (softplus) ddt *= s->sig[t];
             s->dbias += ddt;
             s->dD += dy * uv;
@@ -223,31 +358,32 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
                 acc[r] = vacc ? acc[r] + w[r] * ddt : w[r] * ddt;
             }
             REAL *dup = du + p * dim;
-            VEC g_u = dt * s1 + c->D[k] * dy;
+            SVEC g_u = dt * s1 + c->D[k] * dy;
             FN(ss2d_store)(dup, k ? FN(ss2d_load)(dup, count) + g_u : g_u, count);
             if (vacc) continue;
             REAL *dxp = dx + p * stride + k * Q;
             for (int64_t gq = 0; gq < groups; ++gq) {
-                VEC tot = FN(lane_sums8)(s->sums + gq * LANES);
-                int64_t m = Q - gq * LANES < LANES ? Q - gq * LANES : LANES;
-                for (int64_t j = 0; j < m; ++j) dxp[gq * LANES + j] += tot[j];
+                SVEC tot = SLANE_SUMS(s->sums + gq * SLANES);
+                int64_t m = Q - gq * SLANES < SLANES ? Q - gq * SLANES : SLANES;
+                for (int64_t j = 0; j < m; ++j) dxp[gq * SLANES + j] += tot[j];
             }
         }
     for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
 }
 
-/* One batch element's block, all four directions; adds the block's parameter gradients into
- * the thread's sums (layout of dtw, then bias, A, D). */
+/* One batch element's block, all four directions; adds the block's parameter gradients into the
+ * thread's partial sums pv of this block: per direction, rank + nstate + 2 vectors (dtw's columns,
+ * A's, bias, D; lane = channel). */
 static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
-                               VEC *dxv, int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
-                               int64_t first, int count, const FN(ss2d_consts_t) *c, int softplus,
-                               FN(ss2d_scratch_t) *s, REAL *psum) {
-    REAL *pdtw = psum, *pbias = pdtw + 4 * dim * rank, *pA = pbias + 4 * dim, *pD = pA + 4 * dim * nstate;
+                               SVEC *dxv, int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
+                               int count, const FN(ss2d_consts_t) *c, int softplus, FN(ss2d_scratch_t) *s,
+                               SVEC *pv) {
+    int64_t P = rank + nstate + 2;
     for (int k = 0; k < 4; ++k) {
         FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
-        for (int64_t r = 0; r < rank; ++r) s->dw[r] = (VEC){0};
-        for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (VEC){0};
-        s->dbias = s->dD = (VEC){0};
+        for (int64_t r = 0; r < rank; ++r) s->dw[r] = (SVEC){0};
+        for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (SVEC){0};
+        s->dbias = s->dD = (SVEC){0};
         if (nstate == 1 && dxv)
             FN(ss2d_bwd_dir)(1, 1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
         else if (nstate == 1)
@@ -255,13 +391,11 @@ static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout
         else
             FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c,
                              softplus, s);
-        for (int j = 0; j < count; ++j) {
-            int64_t ch = k * dim + first + j;
-            for (int64_t r = 0; r < rank; ++r) pdtw[ch * rank + r] += s->dw[r][j];
-            for (int64_t n = 0; n < nstate; ++n) pA[ch * nstate + n] += s->dA[n][j];
-            pbias[ch] += s->dbias[j];
-            pD[ch] += s->dD[j];
-        }
+        SVEC *pk = pv + k * P;
+        for (int64_t r = 0; r < rank; ++r) pk[r] += s->dw[r];
+        for (int64_t n = 0; n < nstate; ++n) pk[rank + n] += s->dA[n];
+        pk[rank + nstate] += s->dbias;
+        pk[rank + nstate + 1] += s->dD;
     }
 }
 
@@ -269,18 +403,21 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
                   const REAL *D, int softplus, const REAL *dout, REAL *du, REAL *dxdbl, REAL *ddtw,
                   REAL *dbias, REAL *dA, REAL *dD, int64_t batch, int64_t height, int64_t width,
                   int64_t dim, int64_t rank, int64_t nstate, int nthreads) {
-    int64_t L = height * width, nblocks = (dim + LANES - 1) / LANES, Q = rank + 2 * nstate;
-    int64_t x_size = batch * L * 4 * Q, groups = (Q + LANES - 1) / LANES;
+    int64_t L = height * width, nblocks = (dim + SLANES - 1) / SLANES, Q = rank + 2 * nstate;
+    int64_t x_size = batch * L * 4 * Q, groups = (Q + SLANES - 1) / SLANES;
     int64_t per_batch = batch >= nthreads; /* whole batch elements per item: dxdbl in place */
     /* per batch element and thread, lane-wise sums of dxdbl (see ss2d_bwd_dir) where they fit */
-    int64_t vec_acc = per_batch && L * 4 * Q * (int64_t)sizeof(VEC) <= SS2D_VEC_ACC_BYTES;
+    int64_t vec_acc = per_batch && L * 4 * Q * (int64_t)sizeof(SVEC) <= SS2D_VEC_ACC_BYTES;
     int64_t items = per_batch ? batch : batch * nblocks;
     int team = (int)FN(ss2d_threads)(items, nthreads);
-    size_t psize = 4 * dim * (rank + nstate + 2);
+    /* per thread, the parameter gradients' partial sums: per block and direction, P vectors */
+    int64_t P = rank + nstate + 2, pv_size = nblocks * 4 * P;
     advise_huge_pages(du, (size_t)(batch * L * dim) * sizeof(REAL));
     memset(dxdbl, 0, x_size * sizeof(REAL));
-    REAL *psums = scratch_alloc(team * psize * sizeof(REAL));
-    memset(psums, 0, team * psize * sizeof(REAL));
+    SVEC *consts_mem;
+    const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
+    SVEC *pvs = scratch_alloc(team * pv_size * sizeof(SVEC));
+    memset(pvs, 0, team * pv_size * sizeof(SVEC));
     REAL *partials = NULL;
     if (!per_batch && team > 1) {
         partials = scratch_alloc((team - 1) * x_size * sizeof(REAL));
@@ -290,30 +427,27 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     {
         int tid = omp_get_thread_num();
         REAL *dx_acc = tid && partials ? partials + (tid - 1) * x_size : dxdbl;
-        VEC *mem = scratch_alloc(((2 + 2 * nstate) * L + 4 * rank + 8 * nstate + rank + nstate +
-                                  groups * LANES) * sizeof(VEC));
+        SVEC *mem = scratch_alloc(((2 + 2 * nstate) * L + rank + nstate + groups * SLANES) * sizeof(SVEC));
         FN(ss2d_scratch_t) s;
         s.dt = mem, s.sig = s.dt + L, s.e = s.sig + L, s.w = s.e + nstate * L;
-        FN(ss2d_consts_t) c;
-        c.w = s.w + nstate * L, c.a = c.w + 4 * rank, c.a_scaled = c.a + 4 * nstate;
-        s.dw = c.a_scaled + 4 * nstate, s.dA = s.dw + rank, s.sums = s.dA + nstate;
-        REAL *psum = psums + tid * psize;
-        VEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + LANES) * sizeof(VEC)) : NULL;
+        s.dw = s.w + nstate * L, s.dA = s.dw + rank, s.sums = s.dA + nstate;
+        SVEC *pv = pvs + tid * pv_size;
+        SVEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + SLANES) * sizeof(SVEC)) : NULL;
 #pragma omp for schedule(static) /* fixed item-to-thread map: deterministic partial sums (parallel.h) */
         for (int64_t item = 0; item < items; ++item) {
             int64_t b = per_batch ? item : item / nblocks;
             int64_t j0 = per_batch ? 0 : item % nblocks, j1 = per_batch ? nblocks : j0 + 1;
-            if (dxv) memset(dxv, 0, (L * 4 * Q + LANES) * sizeof(VEC));
+            if (dxv) memset(dxv, 0, (L * 4 * Q + SLANES) * sizeof(SVEC));
             for (int64_t j = j0; j < j1; ++j) {
-                int64_t first = j * LANES, off = b * L * dim + first;
-                int count = dim - first < LANES ? (int)(dim - first) : LANES;
-                FN(ss2d_consts_of)(dtw, bias, A, D, dim, rank, nstate, first, count, &c);
+                int64_t first = j * SLANES, off = b * L * dim + first;
+                int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
                 FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
-                                   height, width, dim, rank, nstate, first, count, &c, softplus, &s, psum);
+                                   height, width, dim, rank, nstate, count, table + j, softplus, &s,
+                                   pv + j * 4 * P);
             }
-            for (int64_t i = 0; dxv && i < L * 4 * Q; i += LANES) { /* lane sums, 8 entries at a time */
-                VEC tot = FN(lane_sums8)(dxv + i);
-                int64_t m = L * 4 * Q - i < LANES ? L * 4 * Q - i : LANES;
+            for (int64_t i = 0; dxv && i < L * 4 * Q; i += SLANES) { /* lane sums, SLANES entries at a time */
+                SVEC tot = SLANE_SUMS(dxv + i);
+                int64_t m = L * 4 * Q - i < SLANES ? L * 4 * Q - i : SLANES;
                 memcpy(dx_acc + b * L * 4 * Q + i, &tot, m * sizeof(REAL));
             }
         }
@@ -325,17 +459,31 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
                 for (int th = 1; th < team; ++th) dxdbl[i] += partials[(th - 1) * x_size + i];
         }
     }
-    REAL *outs[4] = {ddtw, dbias, dA, dD};
-    size_t sizes[4] = {4 * dim * rank, 4 * dim, 4 * dim * nstate, 4 * dim};
-    size_t at = 0;
-    for (int q = 0; q < 4; ++q) {
-        for (size_t i = 0; i < sizes[q]; ++i) {
-            REAL tot = 0;
-            for (int th = 0; th < team; ++th) tot += psums[th * psize + at + i];
-            outs[q][i] = tot;
+    /* the threads' partial sums, added in thread order, into (4, dim, ...) layouts */
+    for (int k = 0; k < 4; ++k)
+        for (int64_t ch = 0; ch < dim; ++ch) {
+            int64_t at = ((ch / SLANES) * 4 + k) * P, lane = ch % SLANES, row = k * dim + ch;
+            for (int64_t q = 0; q < P; ++q) {
+                REAL tot = 0;
+                for (int th = 0; th < team; ++th) tot += pvs[th * pv_size + at + q][lane];
+                if (q < rank)
+                    ddtw[row * rank + q] = tot;
+                else if (q < rank + nstate)
+                    dA[row * nstate + q - rank] = tot;
+                else if (q == rank + nstate)
+                    dbias[row] = tot;
+                else
+                    dD[row] = tot;
+            }
         }
-        at += sizes[q];
-    }
     free(partials);
-    free(psums);
+    free(pvs);
+    free(consts_mem);
+    free((void *)table);
 }
+
+#undef SVEC
+#undef SLANES
+#undef SVEXP_SCALED
+#undef SVSOFTPLUS
+#undef SLANE_SUMS
