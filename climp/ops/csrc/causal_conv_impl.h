@@ -74,7 +74,8 @@ static inline REAL FN(conv_dot)(const REAL *a, const REAL *b, int64_t n) {
 }
 
 void FN(causal_conv_silu_fwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st, const REAL *w, const REAL *bias,
-                              REAL *out, int64_t batch, int64_t dim, int64_t len, int64_t kernel, int nthreads) {
+                              REAL *out, int64_t osb, int64_t osd, int64_t ost, int64_t batch, int64_t dim,
+                              int64_t len, int64_t kernel, int nthreads) {
     int64_t chunks = (dim + CONV_CHUNK - 1) / CONV_CHUNK;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -88,8 +89,8 @@ void FN(causal_conv_silu_fwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
             for (int c = 0; c < n; ++c) {
                 int64_t d = d0 + c;
                 FN(conv_row)(&s, c, w + d * kernel, bias ? bias[d] : 0, kernel);
-                REAL *restrict o = out + (b * dim + d) * len;
-                for (int64_t t = 0; t < len; ++t) o[t] = s.pre[t] * s.sig[t];
+                REAL *restrict o = out + b * osb + d * osd;
+                for (int64_t t = 0; t < len; ++t) o[t * ost] = s.pre[t] * s.sig[t];
             }
         }
         free(s.xp);
@@ -97,7 +98,8 @@ void FN(causal_conv_silu_fwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
 }
 
 void FN(causal_conv_silu_bwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st, const REAL *w, const REAL *bias,
-                              const REAL *dout, REAL *dx, REAL *dw, REAL *dbias, int64_t batch, int64_t dim,
+                              const REAL *dout, int64_t gsb, int64_t gsd, int64_t gst, REAL *dx, int64_t osb,
+                              int64_t osd, int64_t ost, REAL *dw, REAL *dbias, int64_t batch, int64_t dim,
                               int64_t len, int64_t kernel, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
@@ -118,17 +120,20 @@ void FN(causal_conv_silu_bwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
                     int64_t d = d0 + c;
                     const REAL *wd = w + d * kernel;
                     FN(conv_row)(&s, c, wd, bias ? bias[d] : 0, kernel);
-                    const REAL *restrict g = dout + (b * dim + d) * len, *restrict pre = s.pre, *restrict sig = s.sig;
-                    REAL *restrict dxr = dx + (b * dim + d) * len, *restrict dpre = s.dpre;
-                    for (int64_t t = 0; t < len; ++t) dpre[t] = g[t] * sig[t] * (1 + pre[t] * (1 - sig[t]));
+                    const REAL *restrict g = dout + b * gsb + d * gsd, *restrict sig = s.sig;
+                    REAL *restrict pre = s.pre, *restrict dpre = s.dpre;
+                    for (int64_t t = 0; t < len; ++t) dpre[t] = g[t * gst] * sig[t] * (1 + pre[t] * (1 - sig[t]));
                     if (dbias) dbias[d] += FN(conv_dot)(dpre, ones, s.padded);
                     for (int64_t k = 0; k < kernel; ++k)
                         dw[d * kernel + k] += FN(conv_dot)(dpre, s.xp + c * s.row + k, s.padded);
+                    REAL *restrict dxr = pre; /* pre is spent: dx's row is summed there, then stored */
                     for (int64_t t = 0; t < len; ++t) dxr[t] = wd[kernel - 1] * dpre[t];
                     for (int64_t k = 0; k + 1 < kernel; ++k) {
                         const REAL wk = wd[k], *restrict src = dpre + kernel - 1 - k;
                         for (int64_t t = 0; t < len; ++t) dxr[t] += wk * src[t];
                     }
+                    REAL *restrict dxo = dx + b * osb + d * osd;
+                    for (int64_t t = 0; t < len; ++t) dxo[t * ost] = dxr[t];
                 }
             }
         }
