@@ -8,13 +8,18 @@ multiply-add) and the training GFLOP/s it achieves, counting forward+backward as
 FLOPs. --unfused-text adds the first model's text tower on its unfused path
 (scan_backend "cpu": channel-first layout, dt_proj as a matmul, the plain scan kernel).
 
+--cpu-time measures CPU time (time.process_time) on one thread instead of wall time, which other
+processes on a busy machine barely change.
+
   python benchmarks/towers.py                       # climp-tiny vs clip-vit-tiny, 64 px, batch 64
   python benchmarks/towers.py --unfused-text --rounds 5
+  python benchmarks/towers.py --unfused-text --cpu-time
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from statistics import median
 from typing import Callable, Dict, List
 
@@ -48,8 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--unfused-text", action="store_true",
                         help="add the first model's text tower with scan_backend 'cpu' (the unfused path)")
+    parser.add_argument("--cpu-time", action="store_true", help="time.process_time on one thread")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.cpu_time:
+        args.threads = 1
     torch.set_num_threads(args.threads)
     import climp
 
@@ -66,7 +74,7 @@ def main(argv=None) -> int:
         towers[f"{names[0]} text unfused"] = (model.text, texts)
     print(f"$ python benchmarks/towers.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"side {args.side}, batch {args.batch}, text length {args.text_length}, {args.rounds} interleaved rounds, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, {'CPU' if args.cpu_time else 'wall'} time")
     steps = {key: tower_step(tower, x) for key, (tower, x) in towers.items()}
     flops = {key: forward_flops(tower, x) for key, (tower, x) in towers.items()}
     for step in steps.values():
@@ -74,7 +82,12 @@ def main(argv=None) -> int:
     times: Dict[str, List[float]] = {key: [] for key in steps}
     for _ in range(args.rounds):
         for key, step in steps.items():
-            times[key] += timed(step)
+            if args.cpu_time:
+                start = time.process_time()
+                step()
+                times[key].append(time.process_time() - start)
+            else:
+                times[key] += timed(step)
     print("| tower | fwd+bwd (median) | forward GFLOPs / sample | training GFLOP/s |")
     print("|---|---|---|---|")
     results = {}
