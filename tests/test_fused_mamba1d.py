@@ -246,3 +246,19 @@ def test_bad_shapes_name_the_argument():
         mamba1d_scan(u, z, xdbl, w[:4], b, A, D)
     with pytest.raises(ValueError, match="z must"):
         mamba1d_scan(u, z[:, :3], xdbl, w, b, A, D)
+
+
+@needs_kernel
+def test_bfloat16_mixer_matches_the_unfused_path():
+    """bf16 parameters and activations: the op computes on float32 copies (which must stay alive
+    while the kernel runs) and returns bf16, as the unfused path does."""
+    fused_mixer, unfused_mixer = mixer_pair(torch.bfloat16, d_model=16, d_state=8)
+    x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1)).bfloat16().requires_grad_()
+    outs = [mixer(x) for mixer in (fused_mixer, unfused_mixer)]
+    assert outs[0].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-3)
+    grads = [torch.autograd.grad(out.float().sum(), [x, *mixer.parameters()])
+             for out, mixer in zip(outs, (fused_mixer, unfused_mixer))]
+    for a, b in zip(*grads):
+        assert a.dtype == b.dtype
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max() + 1e-3

@@ -112,14 +112,14 @@ def _operands(u, z, xdbl, dt_weight, dt_bias, A, D):
     args = [uc.data_ptr(), uc.stride(0), uc.stride(1),
             None if zc is None else zc.data_ptr(), 0 if zc is None else zc.stride(0), 0 if zc is None else zc.stride(1),
             xc.data_ptr(), xc.stride(0), xc.stride(1), *(p.data_ptr() for p in params)]
-    return dtype, args, params, (uc, zc, xc)
+    return dtype, args, params, (uc, zc, xc)  # the caller must hold params and rows while args are in use
 
 
 @torch.library.custom_op("climp::mamba1d_scan", mutates_args=(), device_types="cpu")
 def mamba1d_scan_op(u: Tensor, z: Optional[Tensor], xdbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor,
                     D: Tensor, delta_softplus: bool) -> Tensor:
     """Fused scan on the CPU (shapes as `mamba1d_scan`; dt_bias and D required, zeros for none)."""
-    dtype, args, _, _ = _operands(u, z, xdbl, dt_weight, dt_bias, A, D)
+    dtype, args, params, rows = _operands(u, z, xdbl, dt_weight, dt_bias, A, D)  # kept alive: args point into them
     batch, length, dim = u.shape
     out = torch.empty((batch, length, dim), dtype=dtype)
     _kernel("mamba1d_fwd", dtype)(*args, int(delta_softplus), out.data_ptr(), batch, length, dim,
