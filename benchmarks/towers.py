@@ -4,9 +4,10 @@ Each tower runs forward, then backward of the sum of its output, on a fixed batc
 --side, captions of --text-length tokens). The towers take turns for --rounds interleaved rounds
 (after one untimed warm-up each), so load from other processes hits all alike; the table gives
 each tower's median time, its forward GFLOPs per sample (torch.utils.flop_counter, 2 FLOPs per
-multiply-add) and the training GFLOP/s it achieves, counting forward+backward as 3x the forward
-FLOPs. --unfused-text adds the first model's text tower on its unfused path
-(scan_backend "cpu": channel-first layout, dt_proj as a matmul, the plain scan kernel).
+multiply-add, attention included, as `climp bench` counts) and the training GFLOP/s it achieves,
+counting forward+backward as 3x the forward FLOPs. --unfused-text adds the first model's text
+tower on its unfused path (scan_backend "cpu": channel-first layout, dt_proj as a matmul, the
+plain scan kernel).
 
 --cpu-time measures CPU time (time.process_time) on one thread instead of wall time, which other
 processes on a busy machine barely change.
@@ -26,7 +27,6 @@ from typing import Callable, Dict, List
 from common import random_batch, timed, write_json
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def tower_step(tower: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -38,9 +38,10 @@ def tower_step(tower: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def forward_flops(tower: torch.nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        tower(x)
-    return counter.get_total_flops()
+    """Forward FLOPs as `climp bench` counts them (CPU attention kernels included)."""
+    from climp.eval.efficiency import count_flops
+
+    return count_flops(tower, x)["flops"]
 
 
 def main(argv=None) -> int:
