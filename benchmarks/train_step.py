@@ -9,6 +9,7 @@ the table reports each model's median step and the median of the per-round time 
   python benchmarks/train_step.py                                   # climp-tiny vs clip-vit-tiny
   python benchmarks/train_step.py --sides 64,256 --batch 64 --rounds 5
   python benchmarks/train_step.py --unfused   # also the first model with VMamba's unfused SS2D path
+  python benchmarks/train_step.py --unfused-text   # also the first model with the unfused Mamba text mixer
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--unfused", action="store_true",
                         help="add the first model with scan_backend 'cpu' (SS2D unfused: cross-scan, "
                              "plain scan kernel, cross-merge) to measure what the fused op gives")
+    parser.add_argument("--unfused-text", action="store_true",
+                        help="add the first model with the text tower's scan_backend 'cpu' (the unfused "
+                             "channel-first Mamba mixer) to measure what the fused 1D scan gives")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     models = {name: climp.create_model(name).train() for name in names}
     if args.unfused:
         models[f"{names[0]} unfused"] = climp.create_model(names[0], vision_cfg={"scan_backend": "cpu"}).train()
+    if args.unfused_text:
+        models[f"{names[0]} unfused text"] = climp.create_model(names[0], text_cfg={"scan_backend": "cpu"}).train()
     print(f"$ python benchmarks/train_step.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"batch {args.batch}, text length {args.text_length}, {args.rounds} interleaved rounds, "
           f"{args.threads} threads")

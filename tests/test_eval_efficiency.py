@@ -27,13 +27,13 @@ def test_scan_flops_follow_the_formula_on_cpu_and_meta(device):
 
 def test_model_flops_on_meta_equal_flops_on_cpu():
     """The scans' FLOPs come from the formulas registered on the ops, on real and meta tensors
-    alike: a whole climp-tiny image tower (fused SS2D) and text tower (selective scan) count the
+    alike: a whole climp-tiny image tower (fused SS2D) and text tower (fused Mamba-1 scan) count the
     same on both, scans included."""
     import climp
 
     model = climp.create_model("climp-tiny")
     for tower, inputs, scan_op in ((model.visual, torch.randn(1, 3, 64, 64), "climp.ss2d_scan"),
-                                   (model.text, torch.randint(1, 100, (1, 12)), "climp.selective_scan")):
+                                   (model.text, torch.randint(1, 100, (1, 12)), "climp.mamba1d_scan")):
         on_cpu = count_flops(tower, inputs)
         on_meta = count_flops(copy.deepcopy(tower).to("meta"), inputs.to("meta"))
         assert on_cpu == on_meta

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 import climp
 from climp.models.simba import EinFFT, NormedMamba, SiMBAConfig, SiMBAVisionTower
-from climp.ops.selective_scan import resolve_backend
+from climp.ops import fused_mamba1d_available
 
-scan_module = importlib.import_module("climp.ops.selective_scan")  # the module, not the function climp.ops exports
+fused_module = importlib.import_module("climp.ops.fused_mamba1d")
 
 
 def tiny_config(**overrides) -> SiMBAConfig:
@@ -178,16 +178,15 @@ def test_tower_on_the_fast_scan_path_matches_the_reference_backend(monkeypatch):
     torch.manual_seed(3)
     tower = SiMBAVisionTower(tiny_config(drop_path_rate=0.0), embed_dim=6).eval()
     images = torch.randn(2, 3, 64, 32)
-    fast = resolve_backend("auto", images)
-    assert fast != "reference"
+    assert fused_mamba1d_available(images)
     calls = []
-    original = scan_module.BACKENDS[fast]
+    original = fused_module.mamba1d_scan_op
 
     def counted(*args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append(args[0].shape)  # u: (batch, length, d_inner)
         return original(*args, **kwargs)
 
-    monkeypatch.setitem(scan_module.BACKENDS, fast, counted)
+    monkeypatch.setattr(fused_module, "mamba1d_scan_op", counted)
     results = []
     for backend in ("auto", "reference"):
         tower.zero_grad()
@@ -198,8 +197,8 @@ def test_tower_on_the_fast_scan_path_matches_the_reference_backend(monkeypatch):
         out.square().sum().backward()
         results.append((out.detach(), [p.grad.clone() for p in tower.parameters()]))
     n_mixers = sum(tower.cfg.depths) + 1
-    assert len(calls) == n_mixers  # every mixer ran on the fast backend under "auto", none under "reference"
-    assert (1, 1) in {(c[0] // 2, c[2]) for c in calls}  # the class token is a length-1 scan
+    assert len(calls) == n_mixers  # every mixer ran the fused op under "auto", none under "reference"
+    assert (1, 1) in {(c[0] // 2, c[1]) for c in calls}  # the class token is a length-1 scan
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

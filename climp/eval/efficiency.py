@@ -3,8 +3,10 @@
 FLOPs: torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add of matmuls, convs and
 attention; elementwise ops are not counted). The selective scan is the custom op
 `climp::selective_scan` (climp.ops), whose registered FLOP formula follows VMamba's
-`flops_selective_scan_fn`: 9*B*L*D*N, plus B*D*L each for the D skip and the z gate. The op has a
-fake implementation, so whole models are counted on the meta device without computing anything.
+`flops_selective_scan_fn`: 9*B*L*D*N, plus B*D*L each for the D skip and the z gate; the fused
+ops `climp::ss2d_scan` and `climp::mamba1d_scan` count the same plus their in-kernel dt
+projection as a matmul would (so fused and unfused paths count equal totals). The ops have fake
+implementations, so whole models are counted on the meta device without computing anything.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated. Elsewhere (CPU, meta) a dispatch mode
 tracks every storage that aten ops allocate during the forward and when it is freed; the peak of

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from climp.ops import causal_conv1d_silu, selective_scan
+from climp.ops import causal_conv1d_silu, fused_mamba1d_available, mamba1d_scan, selective_scan
 
 from ..config_mixin import FromDict
 
@@ -102,6 +102,12 @@ class MambaMixer(nn.Module):
     in_proj splits into the SSM branch x and the gate z; x goes through a causal depthwise conv
     and SiLU, then x_proj gives the input-dependent time step (low rank, expanded by dt_proj),
     B and C; the selective scan runs with A = -exp(A_log), skip D and gate silu(z).
+
+    With scan_backend "auto" on the CPU (or meta) it keeps every activation channel-last
+    (batch, L, channels), as the projections make them, and runs `mamba1d_scan` (the fused op,
+    which also applies dt_proj, D and the gate). A named selective-scan backend, or another
+    device, runs the unfused channel-first path (transposes, dt_proj as a matmul,
+    `selective_scan(backend=...)`), the reference the fused one is tested against.
     """
 
     def __init__(
@@ -146,6 +152,25 @@ class MambaMixer(nn.Module):
                     dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not fused_mamba1d_available(hidden, self.scan_backend):
+            return self.forward_unfused(hidden)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, d_inner) views each
+        x = causal_conv1d_silu(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, channel_last=True)
+        x = x.transpose(1, 2)  # (B, L, d_inner), contiguous
+        y = mamba1d_scan(
+            x,
+            z,
+            self.x_proj(x),
+            self.dt_proj.weight,
+            at_least_float32(self.dt_proj.bias),
+            -torch.exp(at_least_float32(self.A_log)),
+            at_least_float32(self.D),
+            delta_softplus=True,
+        )
+        return self.out_proj(y)
+
+    def forward_unfused(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The channel-first path with the `scan_backend` selective scan (the reference)."""
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         x = causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)

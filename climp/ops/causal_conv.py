@@ -8,8 +8,10 @@ K shifted multiply-adds they compute. On the CPU it runs the custom op `climp::c
 strides it has, deterministic); elsewhere, when the kernel does not build, or inside
 `double_backward_mode()`, the same multiply-adds in PyTorch ops (an autograd.Function; its
 backward is differentiable again only through autograd of those ops, so double backward uses
-`causal_conv1d_silu_reference`). Both return a contiguous output (the scan's layout) and save
-only the inputs: the output before the SiLU is recomputed in the backward.
+`causal_conv1d_silu_reference`). Both return a contiguous output (the channel-first scan's
+layout) or, with channel_last=True, the transpose of a contiguous (batch, length, dim) tensor
+(what x_proj and the fused 1D scan read; the custom op writes it directly), and save only the
+inputs: the output before the SiLU is recomputed in the backward.
 """
 from __future__ import annotations
 
@@ -103,53 +105,67 @@ def _operands(x: Tensor, weight: Tensor, bias: Optional[Tensor]):
     return dtype, xc, wc, bc
 
 
+def _empty_in_layout(like: Tensor, channel_last: bool, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """A (batch, dim, length) tensor shaped like `like`: contiguous, or the transpose of a
+    contiguous (batch, length, dim) one when channel_last."""
+    batch, dim, length = like.shape
+    dtype = like.dtype if dtype is None else dtype
+    if channel_last:
+        return like.new_empty((batch, length, dim), dtype=dtype).transpose(1, 2)
+    return like.new_empty((batch, dim, length), dtype=dtype)
+
+
 @torch.library.custom_op("climp::causal_conv1d_silu", mutates_args=(), device_types="cpu")
-def conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """silu(causal depthwise conv1d), contiguous (batch, dim, length) in x's dtype."""
+def conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], channel_last: bool = False) -> Tensor:
+    """silu(causal depthwise conv1d), (batch, dim, length) in x's dtype: contiguous, or with
+    channel_last the transpose of a contiguous (batch, length, dim) tensor."""
     dtype, xc, wc, bc = _operands(x, weight, bias)
     batch, dim, length = x.shape
-    out = torch.empty(x.shape, dtype=dtype)
+    out = _empty_in_layout(xc, channel_last, dtype)
     _kernel("causal_conv_silu_fwd", dtype)(
         xc.data_ptr(), *xc.stride(), wc.data_ptr(), None if bc is None else bc.data_ptr(), out.data_ptr(),
-        batch, dim, length, wc.shape[1], _threads(x))
+        *out.stride(), batch, dim, length, wc.shape[1], _threads(x))
     return out.to(x.dtype)
 
 
 @conv_forward.register_fake
-def _conv_forward_fake(x, weight, bias):
-    return x.new_empty(x.shape)
+def _conv_forward_fake(x, weight, bias, channel_last=False):
+    return _empty_in_layout(x, channel_last)
 
 
 @torch.library.custom_op("climp::causal_conv1d_silu_backward", mutates_args=(), device_types="cpu")
-def conv_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], grad: Tensor) -> List[Tensor]:
-    """Gradients of x, weight and bias (empty when bias is None), in the inputs' dtypes."""
+def conv_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], grad: Tensor,
+                  channel_last: bool = False) -> List[Tensor]:
+    """Gradients of x (in the output's layout), weight and bias (empty when bias is None), in
+    the inputs' dtypes; grad in any strides."""
     dtype, xc, wc, bc = _operands(x, weight, bias)
     batch, dim, length = x.shape
-    gc = grad.to(dtype).contiguous()
-    dx, dw = torch.empty(x.shape, dtype=dtype), torch.empty_like(wc)
+    gc = grad.to(dtype)
+    dx, dw = _empty_in_layout(xc, channel_last, dtype), torch.empty_like(wc)
     dbias = None if bc is None else torch.empty_like(bc)
     _kernel("causal_conv_silu_bwd", dtype)(
         xc.data_ptr(), *xc.stride(), wc.data_ptr(), None if bc is None else bc.data_ptr(), gc.data_ptr(),
-        dx.data_ptr(), dw.data_ptr(), None if dbias is None else dbias.data_ptr(),
+        *gc.stride(), dx.data_ptr(), *dx.stride(), dw.data_ptr(), None if dbias is None else dbias.data_ptr(),
         batch, dim, length, wc.shape[1], _threads(x))
     return [dx.to(x.dtype), dw.view(weight.shape).to(weight.dtype),
             torch.empty(0) if bias is None else dbias.to(bias.dtype)]
 
 
 @conv_backward.register_fake
-def _conv_backward_fake(x, weight, bias, grad):
-    return [torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+def _conv_backward_fake(x, weight, bias, grad, channel_last=False):
+    return [_empty_in_layout(x, channel_last), torch.empty_like(weight),
             x.new_empty(0) if bias is None else torch.empty_like(bias)]
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:3])
+    ctx.channel_last = inputs[3]
 
 
 def _backward(ctx, grad):
     x, weight, bias = ctx.saved_tensors
-    dx, dw, dbias = conv_backward(x, weight, bias, grad)
-    return dx, dw, None if bias is None else dbias
+    dx, dw, dbias = conv_backward(x, weight, bias, grad, ctx.channel_last)
+    return dx, dw, None if bias is None else dbias, None
 
 
 conv_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -179,20 +195,25 @@ def _kernel_builds() -> bool:
         return False
 
 
-def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, channel_last: bool = False) -> Tensor:
     """silu(causal depthwise conv1d of x): x (batch, dim, length), any strides; weight
-    (dim, 1, K) as nn.Conv1d(groups=dim) stores it; bias (dim,) or None. Returns a contiguous
-    (batch, dim, length) tensor in x's dtype."""
+    (dim, 1, K) as nn.Conv1d(groups=dim) stores it; bias (dim,) or None. Returns a
+    (batch, dim, length) tensor in x's dtype, contiguous, or with channel_last the transpose of
+    a contiguous (batch, length, dim) one (the layout the fused 1D scan and x_proj read; only
+    the custom op writes it directly, the other paths copy)."""
     check_conv_inputs(x, weight, bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if needs_grad and double_backward_enabled():
-        return causal_conv1d_silu_reference(x, weight, bias)
+        return causal_conv1d_silu_reference(x, weight, bias, channel_last)
     if x.device.type == "meta" or (x.device.type == "cpu" and _kernel_builds()):
-        return conv_forward(x, weight, bias)
-    return _CausalConv1dSiLU.apply(x, weight, bias)
+        return conv_forward(x, weight, bias, channel_last)
+    out = _CausalConv1dSiLU.apply(x, weight, bias)
+    return out.transpose(1, 2).contiguous().transpose(1, 2) if channel_last else out
 
 
-def causal_conv1d_silu_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def causal_conv1d_silu_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                                 channel_last: bool = False) -> Tensor:
     """The same through F.conv1d (padding K-1 both sides, the tail cut): the reference."""
     kernel = check_conv_inputs(x, weight, bias)
-    return F.silu(F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., :x.shape[2]])
+    out = F.silu(F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., :x.shape[2]])
+    return out.transpose(1, 2).contiguous().transpose(1, 2) if channel_last else out

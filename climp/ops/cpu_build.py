@@ -26,7 +26,7 @@ from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "causal_conv_impl.h",
-           "parallel.h")
+           "parallel.h", "mamba1d_impl.h")
 # The translation units among SOURCES (the rest are headers they include).
 C_SOURCES = tuple(name for name in SOURCES if name.endswith(".c"))
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
@@ -149,11 +149,17 @@ def _declare(lib: ctypes.CDLL) -> None:
         ss2d_bwd.argtypes = [ptr] * 6 + [i32] + [ptr] * 7 + [i64] * 6 + [i32]
         ss2d_bwd.restype = None
         conv_fwd = getattr(lib, f"causal_conv_silu_fwd_{suffix}")
-        conv_fwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 4 + [i32]
+        conv_fwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 7 + [i32]
         conv_fwd.restype = None
         conv_bwd = getattr(lib, f"causal_conv_silu_bwd_{suffix}")
-        conv_bwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 6 + [i64] * 4 + [i32]
+        conv_bwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 3 + [ptr] + [i64] * 3 + [ptr] * 2 + [i64] * 4 + [i32]
         conv_bwd.restype = None
+        m1d_fwd = getattr(lib, f"mamba1d_fwd_{suffix}")
+        m1d_fwd.argtypes = ([ptr, i64, i64] * 3 + [ptr] * 4 + [i32, ptr] + [i64] * 5 + [i32])
+        m1d_fwd.restype = None
+        m1d_bwd = getattr(lib, f"mamba1d_bwd_{suffix}")
+        m1d_bwd.argtypes = ([ptr, i64, i64] * 3 + [ptr] * 4 + [i32] + [ptr] * 8 + [i64] * 5 + [i32])
+        m1d_bwd.restype = None
 
 
 def build_cpu_kernel() -> Path:

@@ -12,7 +12,8 @@
  * The forward can also write the last state (batch, dim, state), and the backward take its
  * gradient (both NULL when unused).
  * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers, and
- * causal_conv_impl.h Mamba-1's causal depthwise conv1d + SiLU.
+ * causal_conv_impl.h Mamba-1's causal depthwise conv1d + SiLU, mamba1d_impl.h the fused channel-last
+ * scan of Mamba-1's mixer.
  */
 #include <math.h>
 #include <stdint.h>
@@ -180,6 +181,7 @@ static void *scratch_alloc(size_t bytes) {
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
 #include "causal_conv_impl.h"
+#include "mamba1d_impl.h"
 #undef REAL
 #undef VEC
 #undef VEXP
@@ -208,3 +210,4 @@ static void *scratch_alloc(size_t bytes) {
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
 #include "causal_conv_impl.h"
+#include "mamba1d_impl.h"
