@@ -382,6 +382,19 @@ def test_train_stage_resumes_from_latest_and_trains_on_the_spurious_split(tmp_pa
     assert seen["config"].resume == "latest"
 
 
+def test_no_progress_silences_training_bar_without_changing_the_stage(monkeypatch, tmp_path):
+    import climp.train.trainer as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train", lambda config, components=None: seen.update(config=config) or {})
+    preset = presets.get_preset("quick")
+    stages.train_stage(stages.Job("clip-vit-tiny", 0, preset, tmp_path, progress=False))
+    assert seen["config"].progress is False
+    stages.train_stage(stages.Job("clip-vit-tiny", 0, preset, tmp_path))
+    assert seen["config"].progress is True
+    assert stages.stage_settings(stages.TRAIN, preset)["train"]["progress"] is True  # cache key unchanged
+
+
 # ---------------------------------------------------------------------------- report
 def test_report_has_tables_plots_and_json(tmp_path):
     results = reproduce("smoke", CLAIM_MODELS, tmp_path, seeds=[0, 1, 2], progress=False,

@@ -35,7 +35,7 @@ class ReproduceSettings:
     seeds: Optional[List[int]] = setting(None, parse=seed_list, help=(
         "comma-separated training seeds (default: the preset's)"))
     out: Optional[Path] = setting(None, metavar="DIR", help="output directory (default: runs/reproduce-<preset>)")
-    progress: bool = setting(True, help="show the stage progress bar")
+    progress: bool = setting(True, help="show progress bars (the stages' and the training and Hessian bars)")
 
 
 def check_models(models: Sequence[str]) -> None:

@@ -95,7 +95,7 @@ def run_pipeline(preset: Preset, models: Sequence[str], out_dir: Path, seeds: Op
         if record is None:
             upstream = {} if seed is None else dict(runs[model][str(seed)])
             start = time.perf_counter()
-            result = functions[stage](Job(model, seed, preset, Path(out_dir), upstream))
+            result = functions[stage](Job(model, seed, preset, Path(out_dir), upstream, progress))
             record = store.save(model, seed, stage, settings, result, time.perf_counter() - start)
         if seed is None:
             per_model[stage][model] = record["result"]

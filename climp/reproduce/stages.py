@@ -22,13 +22,15 @@ MEMORY_SETTINGS: Dict[str, Any] = {"batch": 1, "scales": [1, 4], "attention": ["
 @dataclass
 class Job:
     """What a stage needs: the model, the seed (None for per-model stages), the preset, the output
-    directory, and the results of the stages before it ({stage: result})."""
+    directory, the results of the stages before it ({stage: result}), and whether progress bars
+    may show (False silences the preset's own bars without changing what the stage computes)."""
 
     model: str
     seed: Optional[int]
     preset: Preset
     out_dir: Path
     upstream: Dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
 
 
 StageFn = Callable[[Job], Dict[str, Any]]
@@ -62,7 +64,8 @@ def train_stage(job: Job) -> Dict[str, Any]:
     from climp.train.trainer import build_components, train
 
     values = {**job.preset.train, "model": job.model, "seed": job.seed, "output_dir": str(job.out_dir / "train"),
-              "name": train_run_name(job.model, job.seed)}
+              "name": train_run_name(job.model, job.seed),
+              "progress": job.preset.train.get("progress", True) and job.progress}
     config = TrainConfig.from_dict(values)
     if (config.run_dir / "checkpoints" / LATEST_FILE).is_file():
         config = TrainConfig.from_dict({**values, "resume": "latest"})
@@ -109,7 +112,8 @@ def hessian_stage(job: Job) -> Dict[str, Any]:
     samples = synthetic_samples(data["num_batches"] * data["batch_size"], side, job.seed,
                                 job.preset.train.get("caption_style", "short"))
     batches = make_batches(samples, preprocess, tokenizer, data["batch_size"])
-    settings = HessianSettings.from_dict({**job.preset.hessian, "seed": job.seed})
+    settings = HessianSettings.from_dict({**job.preset.hessian, "seed": job.seed,
+                                          "progress": job.preset.hessian.get("progress", True) and job.progress})
     result = analyse_hessian(model, batches, ContrastiveLoss(), list(data["params"]), settings)
     result.pop("parameter_names", None)  # thousands of names; the selection is in the settings
     return result
