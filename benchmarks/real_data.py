@@ -120,29 +120,66 @@ def climp_command(args: List[str], log: Path) -> None:
         raise RuntimeError(f"climp {args[0]} failed with code {code}; log {log}:\n{tail}")
 
 
-def train_and_evaluate(model: str, layout: DigitsLayout, run_root: Path, steps: int, batch_size: int,
-                       resolution: int, seed: int) -> Dict[str, Any]:
-    """`climp train --train-data` then `climp eval` on the test split; returns eval's results for the model."""
+EVAL_TASKS = ("zeroshot", "retrieval", "caption_shifts", "resolution")
+# Re-evaluations of a trained model's weights with one setting changed: what that setting does alone.
+SAME_WEIGHTS = {
+    "climp-tiny": (("same weights, plain max pooling (`pyramid`)", {"vision_cfg": {"pool": "pyramid"}}),
+                   ("same weights, normalisation off", {"tokenizer_cfg": {"normalize": False}})),
+}
+
+
+def run_name(model: str, seed: int) -> str:
     name = Path(model).stem if model.endswith(".json") else model
     name = f"{name}-raw" if model == RAW_CAPTIONS_MODEL else name
+    return f"{name}-seed{seed}" if seed else name
+
+
+def eval_settings(layout: DigitsLayout) -> Dict[str, Any]:
+    """The evaluation data: both zero-shot sets, the test table, the test class folders at each side."""
+    return {"dataset_root": layout.zeroshot_root, "datasets": [PLAIN, STOP], "retrieval_file": layout.test_csv,
+            "resolution_data": layout.resolution_folder}
+
+
+def train_and_evaluate(model: str, layout: DigitsLayout, run_root: Path, steps: int, batch_size: int,
+                       resolution: int, seed: int, reuse: bool = False) -> Dict[str, Any]:
+    """`climp train --train-data` then `climp eval` on the test split; returns the training
+    summary and eval's results. `reuse` keeps a finished run's outputs instead of redoing them."""
+    name = run_name(model, seed)
     run_root.mkdir(parents=True, exist_ok=True)
-    climp_command(["train", "--model", model, "--train-data", layout.train_csv, "--steps", str(steps),
-                   "--batch-size", str(batch_size), "--warmup", str(max(1, steps // 10)),
-                   "--resolution", str(resolution), "--seed", str(seed), "--name", name,
-                   "--output-dir", str(run_root), "--no-progress"], run_root / f"{name}-train.log")
+    if not (reuse and (run_root / name / "results.json").is_file()):
+        climp_command(["train", "--model", model, "--train-data", layout.train_csv, "--steps", str(steps),
+                       "--batch-size", str(batch_size), "--warmup", str(max(1, steps // 10)),
+                       "--resolution", str(resolution), "--seed", str(seed), "--name", name,
+                       "--output-dir", str(run_root), "--no-progress"], run_root / f"{name}-train.log")
     train_results = json.loads((run_root / name / "results.json").read_text())
     eval_dir = run_root / name / "real-eval"
-    climp_command(["eval", "--model", model, "--checkpoint", str(run_root / name / "checkpoints" / "latest"),
-                   "--tasks", "zeroshot,retrieval,caption_shifts,resolution",
-                   "--dataset-root", layout.zeroshot_root, "--dataset", PLAIN, "--dataset", STOP,
-                   "--retrieval-file", layout.test_csv, "--resolution-data", layout.resolution_folder,
-                   "--out", str(eval_dir)], run_root / f"{name}-eval.log")
+    if not (reuse and (eval_dir / "results.json").is_file()):
+        data = eval_settings(layout)
+        climp_command(["eval", "--model", model, "--checkpoint", str(run_root / name / "checkpoints" / "latest"),
+                       "--tasks", ",".join(EVAL_TASKS), "--dataset-root", data["dataset_root"],
+                       *[arg for d in data["datasets"] for arg in ("--dataset", d)],
+                       "--retrieval-file", data["retrieval_file"], "--resolution-data", data["resolution_data"],
+                       "--out", str(eval_dir)], run_root / f"{name}-eval.log")
     results = json.loads((eval_dir / "results.json").read_text())["results"][model]
-    return {"train": {k: train_results.get(k) for k in ("final_loss", "steps", "wall_time_s") if k in train_results},
-            "eval": results}
+    return {"train": {k: train_results.get(k) for k in ("final_loss", "steps", "train_seconds")}, "eval": results,
+            "checkpoint": str(run_root / name / "checkpoints" / "latest")}
 
 
-def summary_row(model: str, results: Dict[str, Any], layout: DigitsLayout) -> Dict[str, Any]:
+def reevaluate(model: str, checkpoint: str, overrides: Dict[str, Any], layout: DigitsLayout) -> Dict[str, Any]:
+    """The evaluation of `climp eval` (same tasks and data, Python API) on a checkpoint built
+    with config overrides (e.g. another pooling or tokenizer rule)."""
+    import torch
+
+    import climp
+    from climp.eval import EvalSettings, evaluate
+
+    torch.manual_seed(0)
+    net, _, preprocess = climp.create_model_and_transforms(model, pretrained=checkpoint, **overrides)
+    settings = EvalSettings.from_dict(eval_settings(layout))
+    return evaluate(net, climp.get_tokenizer(net), preprocess, list(EVAL_TASKS), settings)
+
+
+def summary_row(label: str, results: Dict[str, Any], layout: DigitsLayout) -> Dict[str, Any]:
     """The table's figures from one model's eval results."""
     ev = results["eval"]
     retrieval = ev["retrieval"][layout.test_csv]
@@ -151,7 +188,7 @@ def summary_row(model: str, results: Dict[str, Any], layout: DigitsLayout) -> Di
     ordered = [sides[k] for k in sorted(sides, key=int)]
     stop = shifts["shifts"]["full_stop"]
     return {
-        "model": LABELS.get(model, model),
+        "model": label,
         "zeroshot_top1": ev["zeroshot"][PLAIN]["top1"],
         "zeroshot_top1_stop": ev["zeroshot"][STOP]["top1"],
         "i2t_R@1_class": retrieval.get("class_image_to_text_R@1", retrieval["image_to_text_R@1"]),
@@ -159,7 +196,7 @@ def summary_row(model: str, results: Dict[str, Any], layout: DigitsLayout) -> Di
         "full_stop_cosine_mean": stop["cosine_mean"],
         "full_stop_cosine_min": stop["cosine_min"],
         "resolution_top1": [row["zero_shot_top1"] for row in ordered],
-        "final_loss": results["train"].get("final_loss"),
+        "final_loss": results["train"]["final_loss"],
     }
 
 
@@ -182,25 +219,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=64, help="training side; the PNGs are written at it")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the split's seed is --split-seed)")
+    parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--data-dir", default="runs/real_data/digits", help="where the PNGs and tables go")
     parser.add_argument("--run-dir", default="runs/real_data", help="where the training runs go")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs and evaluations found in --run-dir")
+    parser.add_argument("--no-same-weights", dest="same_weights", action="store_false",
+                        help="skip the same-weights re-evaluations (SAME_WEIGHTS)")
     parser.add_argument("--out", default=None, help="JSON file for every figure")
     args = parser.parse_args(argv)
 
-    layout = write_digits(args.data_dir, side=args.resolution, seed=args.seed)
+    layout = write_digits(args.data_dir, side=args.resolution, seed=args.split_seed)
     print(f"digits: {layout.num_train} training and {layout.num_test} test images under {layout.root}")
-    rows, everything = [], {}
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        results = train_and_evaluate(model, layout, Path(args.run_dir), args.steps, args.batch_size,
-                                     args.resolution, args.seed)
-        everything[model] = results
-        rows.append(summary_row(model, results, layout))
+    rows: List[Dict[str, Any]] = []
+    everything: Dict[str, Any] = {}
+
+    def record(label: str, results: Dict[str, Any]) -> None:
+        everything[label] = results
+        rows.append(summary_row(label, results, layout))
         print(markdown_table(rows[-1:]), flush=True)
-        if args.out:  # after every model, so a long run keeps what it finished
+        if args.out:  # after every row, so a long run keeps what it finished
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"args": vars(args), "layout": asdict(layout), "rows": rows,
                                                   "results": everything}, indent=2))
+
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        results = train_and_evaluate(model, layout, Path(args.run_dir), args.steps, args.batch_size,
+                                     args.resolution, args.seed, args.reuse)
+        label = LABELS.get(model, model) + (f" (seed {args.seed})" if args.seed else "")
+        record(label, results)
+        for change, overrides in SAME_WEIGHTS.get(model, ()) if args.same_weights else ():
+            record(f"{label}, {change}", {"train": results["train"], "overrides": overrides,
+                                          "eval": reevaluate(model, results["checkpoint"], overrides, layout)})
     print(markdown_table(rows))
     return 0
 
