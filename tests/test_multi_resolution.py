@@ -63,3 +63,15 @@ def test_components_render_at_the_largest_side():
     assert image.shape == (3, 64, 64) and isinstance(caption, str)
     assert parts.collate_fn.sides == (32, 64)
     assert parts.zero_shot_tasks["shape"].dataset[0][0].shape[-1] == 32  # evaluation at `resolution`
+
+
+@pytest.mark.parametrize("model", ["climp-tiny", "clip-vit-tiny"])
+def test_model_records_the_side_it_is_trained_at(model):
+    from climp.train.trainer import build_components
+
+    config = TrainConfig(model=model, train_sides="32,64", resolution=32, train_samples=4,
+                         eval_samples=2, retrieval_samples=2)
+    parts = build_components(config)
+    assert parts.model.config["vision_cfg"]["image_size"] == 32
+    images = torch.zeros(1, 3, 32, 32)
+    assert parts.model.encode_image(images).shape[0] == 1

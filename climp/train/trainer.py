@@ -59,6 +59,17 @@ class TrainComponents:
     model_cfg: Dict[str, Any] = field(default_factory=dict)
 
 
+def nominal_size_override(config: TrainConfig) -> dict:
+    """The model's nominal image size set to the training resolution, so that a checkpoint records
+    the side it was trained at (evaluation's 1x, `pyramid_grid`'s pooling grid). A ViT started from
+    an image checkpoint keeps the checkpoint's position grid and resizes it at run time instead."""
+    from climp.models.factory import get_model_config
+
+    if config.image_pretrained and get_model_config(config.model)["vision_cfg"].get("type") == "vit":
+        return {}
+    return {"vision_cfg": {"image_size": config.resolution}}
+
+
 def build_components(config: TrainConfig) -> TrainComponents:
     """Model, tokenizer, training data and held-out eval data named by `config` (lazy imports)."""
     import climp
@@ -72,7 +83,8 @@ def build_components(config: TrainConfig) -> TrainComponents:
         check_image_size(get_model_config(config.model)["vision_cfg"], side, config.model)
     model, _, preprocess_val = climp.create_model_and_transforms(
         config.model, image_size=config.resolution, image_pretrained=config.image_pretrained,
-        text_pretrained=config.text_pretrained, **logit_init_overrides(config.loss))
+        text_pretrained=config.text_pretrained, **nominal_size_override(config),
+        **logit_init_overrides(config.loss))
     train_side = max(config.sides) if config.sides else config.resolution  # batches resized down from it
     preprocess_train = transform_from_config(train_side, True, model.config.get("preprocess_cfg"))
     if config.lock_image >= 0:
