@@ -79,6 +79,9 @@ class TrainConfig(FromDict):
     hard_negatives: float = setting(0.0, group=DATA, help=(
         "synthetic data: share of scenes that come in groups of 8 differing in one attribute "
         "(in-batch hard negatives)"))
+    object_scale: float = setting(1.0, group=DATA, help=(
+        "synthetic data: factor on the objects' radii in training and the embedded evaluation "
+        "(capped at half a grid cell; 1.0 is the benchmark)"))
     resolution: int = setting(64, group=DATA, help="image side length in pixels")
     train_sides: Optional[str] = setting(None, group=DATA, metavar="SIDES", help=(
         "multi-resolution training: comma-separated sides, e.g. 64,96,128; images are prepared at the "
@@ -177,6 +180,8 @@ class TrainConfig(FromDict):
             raise ValueError(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
         if not 0.0 <= self.partial_captions <= 1.0:
             raise ValueError(f"partial_captions must be in [0, 1], got {self.partial_captions}")
+        if not (self.object_scale > 0 and math.isfinite(self.object_scale)):
+            raise ValueError(f"object_scale must be a positive finite number, got {self.object_scale}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.train_sides:
