@@ -505,3 +505,20 @@ def test_object_scale_reaches_tasks_and_rejects_bad_values():
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="object_scale"):
             SyntheticScenes(object_scale=bad)
+
+
+def test_hard_negative_groups_vary_only_the_chosen_attributes():
+    ds = SyntheticScenes("train", num_samples=8 * 20, hard_negatives=1.0, hard_negative_attributes=("shape",))
+    for g in range(20):
+        members = [_attributes(ds.scene(8 * g + m)) for m in range(8)]
+        assert {k for k in members[0] if len({m[k] for m in members}) > 1} == {"shape"}
+        assert len({m["shape"] for m in members}) == 8
+    default = SyntheticScenes("train", num_samples=8 * 20, hard_negatives=0.5)
+    explicit = SyntheticScenes("train", num_samples=8 * 20, hard_negatives=0.5,
+                               hard_negative_attributes=("background", "shape", "colour", "size", "position"))
+    assert all(default.scene(i) == explicit.scene(i) for i in range(8 * 20))
+    for bad in ((), ("texture",)):
+        with pytest.raises(ValueError, match="hard_negative_attributes"):
+            SyntheticScenes(hard_negatives=0.5, hard_negative_attributes=bad)
+    with pytest.raises(ValueError, match="only the background"):
+        SyntheticScenes(hard_negatives=0.5, spurious=True, hard_negative_attributes=("background",))

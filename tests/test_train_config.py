@@ -51,6 +51,8 @@ def test_bad_values_raise_naming_the_option(tmp_path):
         TrainConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="object_scale"):
         TrainConfig(object_scale=0.0)
+    with pytest.raises(ValueError, match="hard_negative_attributes"):
+        TrainConfig(hard_negative_attributes="shape,texture")
     with pytest.raises(FileNotFoundError):
         resolve_config({}, str(tmp_path / "missing.yaml"))
     with pytest.raises(SystemExit):

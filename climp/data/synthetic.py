@@ -126,7 +126,8 @@ class SyntheticScenes(SceneDataset):
     object (`partial_caption`); a training option (0 keeps every caption complete).
     hard_negatives: probability that a group of HARD_NEGATIVE_GROUP consecutive indices is a
     hard-negative group (module docstring); then `group_size` tells samplers to keep groups
-    together. object_scale: factor on the objects' radii (SamplingRules; 1.0 is the benchmark).
+    together. hard_negative_attributes: the attributes a group may vary (one, drawn uniformly,
+    per group; default all of VARIED_ATTRIBUTES). object_scale: factor on the objects' radii (SamplingRules; 1.0 is the benchmark).
     """
 
     def __init__(self, split: str = "train", num_samples: Optional[int] = None,
@@ -135,7 +136,8 @@ class SyntheticScenes(SceneDataset):
                  holdout_combos: bool = False, *,
                  num_objects: Union[None, int, Tuple[int, int]] = None,
                  correlation: float = 0.95, partial_captions: float = 0.0,
-                 hard_negatives: float = 0.0, object_scale: float = 1.0):
+                 hard_negatives: float = 0.0, object_scale: float = 1.0,
+                 hard_negative_attributes: Sequence[str] = VARIED_ATTRIBUTES):
         if caption_style not in CAPTION_STYLES:
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, "
                              f"got {caption_style!r}")
@@ -148,12 +150,20 @@ class SyntheticScenes(SceneDataset):
             raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives!r}")
         if hard_negatives > 0.0 and num_objects is not None:
             raise ValueError("hard_negatives groups single-object scenes; it needs num_objects=None")
+        unknown = sorted(set(hard_negative_attributes) - set(VARIED_ATTRIBUTES))
+        if unknown or not hard_negative_attributes:
+            raise ValueError(f"hard_negative_attributes must be a non-empty subset of {VARIED_ATTRIBUTES}, "
+                             f"got {tuple(hard_negative_attributes)!r}")
+        self.hard_negative_attributes = tuple(a for a in VARIED_ATTRIBUTES if a in hard_negative_attributes)
         self.hard_negatives = float(hard_negatives)
         self.group_size = HARD_NEGATIVE_GROUP if hard_negatives > 0.0 else 1
         self.split = split
         self.seed = _check_seed(seed)
         self.caption_style = caption_style
         self.rules = split_rules(split, spurious, holdout_combos, correlation, object_scale)
+        if spurious and self.hard_negative_attributes == ("background",):
+            raise ValueError("under spurious rules the background follows the shape; hard-negative "
+                             "groups cannot vary only the background")
         self.num_objects = None if num_objects is None else _object_range(num_objects)
 
     def scene(self, i: int) -> Scene:
@@ -179,7 +189,7 @@ class SyntheticScenes(SceneDataset):
         group_rng) with the varied one set to the member's value; jitter from the member's rng.
         Under spurious rules the background follows the rule and is never the varied one."""
         spurious = self.rules.aligned_prob is not None
-        candidates = [a for a in VARIED_ATTRIBUTES if not (spurious and a == "background")]
+        candidates = [a for a in self.hard_negative_attributes if not (spurious and a == "background")]
         varied = candidates[int(group_rng.integers(len(candidates)))]
         options = {"shape": SHAPES, "colour": COLOURS, "size": SIZES,
                    "position": tuple(range(len(POSITIONS))), "background": BACKGROUNDS}

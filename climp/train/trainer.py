@@ -85,7 +85,8 @@ def build_components(config: TrainConfig) -> TrainComponents:
             split="train", num_samples=config.train_samples, resolution=train_side,
             seed=config.seed, caption_style=config.caption_style, transform=preprocess_train,
             partial_captions=config.partial_captions, hard_negatives=config.hard_negatives,
-            object_scale=config.object_scale)
+            object_scale=config.object_scale,
+            hard_negative_attributes=tuple(a.strip() for a in config.hard_negative_attributes.split(",")))
     else:
         train_dataset = open_train_source(config.train_data, preprocess_train, config.csv_img_key,
                                           config.csv_caption_key, config.csv_separator, config.seed,
