@@ -127,8 +127,8 @@ class SyntheticScenes(SceneDataset):
     hard_negatives: probability that a group of HARD_NEGATIVE_GROUP consecutive indices is a
     hard-negative group (module docstring); then `group_size` tells samplers to keep groups
     together. hard_negative_attributes: the attributes a group may vary (one, drawn uniformly,
-    per group; default all of VARIED_ATTRIBUTES). object_scale: factor on the objects' radii (SamplingRules; 1.0 is the benchmark).
-    """
+    per group; default all of VARIED_ATTRIBUTES). object_scale: factor on the objects' radii
+    (SamplingRules; 1.0 is the benchmark)."""
 
     def __init__(self, split: str = "train", num_samples: Optional[int] = None,
                  resolution: Resolution = 64, seed: int = 0, caption_style: str = "short",
