@@ -1,4 +1,5 @@
 """The embedded synthetic-scenes benchmark: determinism, splits, captions, tasks, rendering."""
+import hashlib
 import math
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ from torchvision.transforms import v2
 
 from climp.data import captions as cap
 from climp.data.scenes import (BACKGROUNDS, COLOUR_RGB, COLOURS, HELDOUT_COMBOS, POSITIONS,
-                               SHAPE_OUTLINES, SHAPES, SPURIOUS_BACKGROUND, BackgroundStyle,
+                               SHAPE_OUTLINES, SHAPES, SIZE_RADIUS, SPURIOUS_BACKGROUND, BackgroundStyle,
                                SamplingRules, render_scene, sample_count, sample_single)
 from climp.data.synthetic import (COUNT_CLASSNAMES, SyntheticScenes, cue_conflict_set,
                                   is_aligned, multi_resolution, retrieval_set, spurious_task,
@@ -442,3 +443,82 @@ def test_bad_arguments_raise():
         SyntheticScenes(hard_negatives=0.5, num_objects=3)
     with pytest.raises(IndexError):
         SyntheticScenes(num_samples=5)[5]
+
+
+# ----------------------------------------------------------------------------- object scale
+
+def _scene_digest(datasets) -> str:
+    h = hashlib.sha256()
+    for ds in datasets:
+        for i in range(len(ds)):
+            h.update(repr(ds.scene(i)).encode())
+    return h.hexdigest()
+
+
+def test_default_object_scale_keeps_the_benchmark_scenes():
+    """Pinned digest of the scenes the benchmark sampled before `object_scale` existed (the
+    renderer is unchanged, so equal scenes are equal images); explicit 1.0 renders the same."""
+    default = [SyntheticScenes("train", num_samples=60, seed=0),
+               SyntheticScenes("val", num_samples=8, num_objects=(10, 16))]
+    assert _scene_digest(default) == "1b9b846ae41277cfd5e421e74e4aa4ac75f7cf8571aa5165756a7d4b05bbf158"
+    explicit = SyntheticScenes("train", num_samples=10, seed=0, object_scale=1.0)
+    for i in range(10):
+        assert np.array_equal(pixels(default[0][i][0]), pixels(explicit[i][0]))
+        assert default[0].caption(i) == explicit.caption(i)
+
+
+def test_object_scale_scales_radii_and_keeps_scenes_valid():
+    base = SyntheticScenes("train", num_samples=200, seed=1)
+    for scale in (0.5, 1.1, 1.6):
+        scaled = SyntheticScenes("train", num_samples=200, seed=1, object_scale=scale)
+        for i in range(200):
+            a, b = base.scene(i), scaled.scene(i)
+            assert b.background == a.background and b.kind == a.kind
+            grid = 4 if len(a.objects) > 9 else 3
+            half = 0.5 / grid
+            for oa, ob in zip(a.objects, b.objects, strict=True):
+                # Same attributes and cell; radius scaled, capped at half a cell.
+                assert (ob.shape, ob.colour, ob.size, ob.position) == (oa.shape, oa.colour, oa.size, oa.position)
+                assert ob.radius == pytest.approx(min(SIZE_RADIUS[ob.size] * scale, half))
+                col, row = int(ob.x * grid), int(ob.y * grid)
+                # Inside its own cell, so inside the image and clear of every other object.
+                assert col * 1 / grid - 1e-9 <= ob.x - ob.radius and ob.x + ob.radius <= (col + 1) / grid + 1e-9
+                assert row * 1 / grid - 1e-9 <= ob.y - ob.radius and ob.y + ob.radius <= (row + 1) / grid + 1e-9
+
+
+def test_object_scale_grows_the_drawn_object():
+    """Rendered object pixels grow with the radius squared (until the cap)."""
+    white = BackgroundStyle(tones=((242,) * 3, (242,) * 3))
+    areas = {}
+    for scale in (1.0, 1.6):
+        rules = SamplingRules(object_scale=scale)
+        scene = sample_single(np.random.default_rng(5), rules, shape="circle", colour="blue", size="small")
+        scene = replace(scene, background="white", style=white)
+        areas[scale] = colour_mask(render_scene(scene, 128), "blue").sum()
+    assert areas[1.6] / areas[1.0] == pytest.approx(1.6 ** 2, rel=0.08)
+
+
+def test_object_scale_reaches_tasks_and_rejects_bad_values():
+    tasks = zero_shot_tasks("test", num_samples=16, object_scale=1.5)
+    assert all(o.radius > 0.13 for o in tasks["shape"].dataset.scenes[0].objects)
+    assert retrieval_set("test", num_samples=4, object_scale=1.5).scenes.rules.object_scale == 1.5
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="object_scale"):
+            SyntheticScenes(object_scale=bad)
+
+
+def test_hard_negative_groups_vary_only_the_chosen_attributes():
+    ds = SyntheticScenes("train", num_samples=8 * 20, hard_negatives=1.0, hard_negative_attributes=("shape",))
+    for g in range(20):
+        members = [_attributes(ds.scene(8 * g + m)) for m in range(8)]
+        assert {k for k in members[0] if len({m[k] for m in members}) > 1} == {"shape"}
+        assert len({m["shape"] for m in members}) == 8
+    default = SyntheticScenes("train", num_samples=8 * 20, hard_negatives=0.5)
+    explicit = SyntheticScenes("train", num_samples=8 * 20, hard_negatives=0.5,
+                               hard_negative_attributes=("background", "shape", "colour", "size", "position"))
+    assert all(default.scene(i) == explicit.scene(i) for i in range(8 * 20))
+    for bad in ((), ("texture",)):
+        with pytest.raises(ValueError, match="hard_negative_attributes"):
+            SyntheticScenes(hard_negatives=0.5, hard_negative_attributes=bad)
+    with pytest.raises(ValueError, match="only the background"):
+        SyntheticScenes(hard_negatives=0.5, spurious=True, hard_negative_attributes=("background",))

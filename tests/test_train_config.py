@@ -49,6 +49,10 @@ def test_bad_values_raise_naming_the_option(tmp_path):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="object_scale"):
+        TrainConfig(object_scale=0.0)
+    with pytest.raises(ValueError, match="hard_negative_attributes"):
+        TrainConfig(hard_negative_attributes="shape,texture")
     with pytest.raises(FileNotFoundError):
         resolve_config({}, str(tmp_path / "missing.yaml"))
     with pytest.raises(SystemExit):
@@ -141,3 +145,14 @@ def test_quick_evaluation_draws_no_progress_bars(capsys):
     task = ZeroShotTask("shape", SHAPES, ["{}"], TinyLabelled(0, num_samples=6))
     metrics = quick_evaluate(TinyClip(), tokenize, {"shape": task}, None)
     assert set(metrics) == {"zeroshot_shape"} and capsys.readouterr().err == ""
+
+
+def test_object_scale_flag_reaches_the_embedded_evaluation():
+    from climp.train.trainer import eval_sets
+
+    _, args = _parse(["--object-scale", "1.6", "--eval-samples", "8", "--retrieval-samples", "4"])
+    cfg = command.config_from_args(args)
+    assert cfg.object_scale == 1.6
+    tasks, retrieval = eval_sets(cfg, None)
+    assert tasks["shape"].dataset.scenes[0].objects[0].radius > 0.14
+    assert retrieval[""].scenes.rules.object_scale == 1.6

@@ -283,16 +283,22 @@ class SamplingRules:
     aligned_prob: if set, the background is SPURIOUS_BACKGROUND[shape] of the first object with
     this probability and a uniformly chosen other background otherwise.
     combos: "all", "exclude" (never a HELDOUT_COMBOS pair) or "only" (only held-out pairs).
+    object_scale: factor on every SIZE_RADIUS; a radius is capped at half a grid cell, so an
+    object never leaves its cell (nor overlaps a neighbour) and large objects stop growing
+    first (at 1/6 of the side on the 3x3 grid, reached at scale 1.19).
     """
 
     aligned_prob: Optional[float] = None
     combos: str = "all"
+    object_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.combos not in ("all", "exclude", "only"):
             raise ValueError(f"combos must be 'all', 'exclude' or 'only', got {self.combos!r}")
         if self.aligned_prob is not None and not 0.0 <= self.aligned_prob <= 1.0:
             raise ValueError(f"aligned_prob must be in [0, 1], got {self.aligned_prob}")
+        if not (isinstance(self.object_scale, (int, float)) and 0.0 < self.object_scale < math.inf):
+            raise ValueError(f"object_scale must be a positive finite number, got {self.object_scale!r}")
 
 
 _HELDOUT_BY_SHAPE: Dict[str, Tuple[str, ...]] = {
@@ -338,9 +344,15 @@ def _place(rng: np.random.Generator, grid: int, cell: int, radius: float) -> Tup
             float((r + 0.5) / grid + rng.uniform(-slack, slack)))
 
 
+def object_radius(size: str, grid: int, scale: float = 1.0) -> float:
+    """Radius (fraction of the shorter side) of a `size` object on a grid x grid layout:
+    SIZE_RADIUS[size] times `scale`, capped at half a cell."""
+    return min(SIZE_RADIUS[size] * scale, 0.5 / grid)
+
+
 def _make_object(rng: np.random.Generator, shape: str, colour: str, size: str, grid: int,
-                 cell: int) -> SceneObject:
-    radius = SIZE_RADIUS[size]
+                 cell: int, scale: float = 1.0) -> SceneObject:
+    radius = object_radius(size, grid, scale)
     x, y = _place(rng, grid, cell, radius)
     rotation = 0.0 if shape == "circle" else float(rng.uniform(-10.0, 10.0))
     return SceneObject(shape=shape, colour=colour, size=size, row=min(2, int(y * 3)),
@@ -358,7 +370,7 @@ def sample_single(rng: np.random.Generator, rules: SamplingRules = SamplingRules
     if position is None:
         position = _randint(rng, 9)
     size = size or _choice(rng, SIZES)
-    obj = _make_object(rng, shape, colour, size, 3, position)
+    obj = _make_object(rng, shape, colour, size, 3, position, rules.object_scale)
     kind, style = sample_background(rng, shape, rules, background)
     return Scene(objects=[obj], background=kind, style=style, kind="single")
 
@@ -372,7 +384,7 @@ def sample_count(rng: np.random.Generator, count: int,
     colour = _choice(rng, allowed_colours(shape, rules))
     size = _choice(rng, SIZES)
     cells = rng.choice(9, size=count, replace=False)
-    objects = [_make_object(rng, shape, colour, size, 3, int(c)) for c in cells]
+    objects = [_make_object(rng, shape, colour, size, 3, int(c), rules.object_scale) for c in cells]
     kind, style = sample_background(rng, shape, rules)
     return Scene(objects=objects, background=kind, style=style, kind="count")
 
@@ -395,7 +407,7 @@ def sample_multi(rng: np.random.Generator, num_objects: int,
                 break
         used.add((shape, colour))
         size = "small" if grid == 4 else _choice(rng, SIZES)
-        objects.append(_make_object(rng, shape, colour, size, grid, int(cell)))
+        objects.append(_make_object(rng, shape, colour, size, grid, int(cell), rules.object_scale))
     kind, style = sample_background(rng, objects[0].shape, rules)
     return Scene(objects=objects, background=kind,
                  style=style, kind="single" if num_objects == 1 else "multi")

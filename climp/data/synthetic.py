@@ -80,14 +80,15 @@ def _num_samples(split: str, num_samples: Optional[int]) -> int:
 
 
 def split_rules(split: str, spurious: bool = False, holdout_combos: bool = False,
-                correlation: float = 0.95) -> SamplingRules:
-    """The sampling constraints a split imposes (see the module docstring)."""
+                correlation: float = 0.95, object_scale: float = 1.0) -> SamplingRules:
+    """The sampling constraints a split imposes (see the module docstring), with objects'
+    radii scaled by `object_scale` (see SamplingRules)."""
     _split_id(split)
     aligned = None
     if spurious:
         aligned = correlation if split != "test" else 1.0 - correlation
     combos = "all" if not holdout_combos else ("only" if split == "test" else "exclude")
-    return SamplingRules(aligned_prob=aligned, combos=combos)
+    return SamplingRules(aligned_prob=aligned, combos=combos, object_scale=object_scale)
 
 
 class SceneDataset(Dataset):
@@ -125,8 +126,9 @@ class SyntheticScenes(SceneDataset):
     object (`partial_caption`); a training option (0 keeps every caption complete).
     hard_negatives: probability that a group of HARD_NEGATIVE_GROUP consecutive indices is a
     hard-negative group (module docstring); then `group_size` tells samplers to keep groups
-    together.
-    """
+    together. hard_negative_attributes: the attributes a group may vary (one, drawn uniformly,
+    per group; default all of VARIED_ATTRIBUTES). object_scale: factor on the objects' radii
+    (SamplingRules; 1.0 is the benchmark)."""
 
     def __init__(self, split: str = "train", num_samples: Optional[int] = None,
                  resolution: Resolution = 64, seed: int = 0, caption_style: str = "short",
@@ -134,7 +136,8 @@ class SyntheticScenes(SceneDataset):
                  holdout_combos: bool = False, *,
                  num_objects: Union[None, int, Tuple[int, int]] = None,
                  correlation: float = 0.95, partial_captions: float = 0.0,
-                 hard_negatives: float = 0.0):
+                 hard_negatives: float = 0.0, object_scale: float = 1.0,
+                 hard_negative_attributes: Sequence[str] = VARIED_ATTRIBUTES):
         if caption_style not in CAPTION_STYLES:
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, "
                              f"got {caption_style!r}")
@@ -147,12 +150,20 @@ class SyntheticScenes(SceneDataset):
             raise ValueError(f"hard_negatives must be a probability in [0, 1], got {hard_negatives!r}")
         if hard_negatives > 0.0 and num_objects is not None:
             raise ValueError("hard_negatives groups single-object scenes; it needs num_objects=None")
+        unknown = sorted(set(hard_negative_attributes) - set(VARIED_ATTRIBUTES))
+        if unknown or not hard_negative_attributes:
+            raise ValueError(f"hard_negative_attributes must be a non-empty subset of {VARIED_ATTRIBUTES}, "
+                             f"got {tuple(hard_negative_attributes)!r}")
+        self.hard_negative_attributes = tuple(a for a in VARIED_ATTRIBUTES if a in hard_negative_attributes)
         self.hard_negatives = float(hard_negatives)
         self.group_size = HARD_NEGATIVE_GROUP if hard_negatives > 0.0 else 1
         self.split = split
         self.seed = _check_seed(seed)
         self.caption_style = caption_style
-        self.rules = split_rules(split, spurious, holdout_combos, correlation)
+        self.rules = split_rules(split, spurious, holdout_combos, correlation, object_scale)
+        if spurious and self.hard_negative_attributes == ("background",):
+            raise ValueError("under spurious rules the background follows the shape; hard-negative "
+                             "groups cannot vary only the background")
         self.num_objects = None if num_objects is None else _object_range(num_objects)
 
     def scene(self, i: int) -> Scene:
@@ -178,7 +189,7 @@ class SyntheticScenes(SceneDataset):
         group_rng) with the varied one set to the member's value; jitter from the member's rng.
         Under spurious rules the background follows the rule and is never the varied one."""
         spurious = self.rules.aligned_prob is not None
-        candidates = [a for a in VARIED_ATTRIBUTES if not (spurious and a == "background")]
+        candidates = [a for a in self.hard_negative_attributes if not (spurious and a == "background")]
         varied = candidates[int(group_rng.integers(len(candidates)))]
         options = {"shape": SHAPES, "colour": COLOURS, "size": SIZES,
                    "position": tuple(range(len(POSITIONS))), "background": BACKGROUNDS}
@@ -266,13 +277,14 @@ def _labelled(stream: str, split: str, num_samples: int, seed: int,
 
 def zero_shot_tasks(split: str = "test", num_samples: int = 500, resolution: Resolution = 64,
                     seed: int = 0, transform: Optional[Callable] = None, *,
-                    holdout_combos: bool = False) -> Dict[str, ZeroShotTask]:
+                    holdout_combos: bool = False,
+                    object_scale: float = 1.0) -> Dict[str, ZeroShotTask]:
     """Shape, colour and position tasks on single-object scenes; count on count scenes.
 
     holdout_combos=True samples the split's (shape, colour) pairs as SyntheticScenes does:
     on "test" only held-out pairs, so a model trained with holdout_combos meets unseen pairs.
     """
-    rules = split_rules(split, holdout_combos=holdout_combos)
+    rules = split_rules(split, holdout_combos=holdout_combos, object_scale=object_scale)
 
     def colour_scene(rng: np.random.Generator, label: int) -> Scene:
         colour = COLOURS[label]
@@ -344,7 +356,7 @@ class RetrievalSet(SceneDataset):
 
 def retrieval_set(split: str = "test", num_samples: int = 1000, resolution: Resolution = 64,
                   seed: int = 0, caption_style: str = "short", captions_per_image: int = 5,
-                  transform: Optional[Callable] = None) -> RetrievalSet:
+                  transform: Optional[Callable] = None, object_scale: float = 1.0) -> RetrievalSet:
     """Image-text retrieval over SyntheticScenes(split, ...): short captions over the training
     mixture of scenes, or dense captions over scenes of 4..12 objects (most exceed 77 tokens)."""
     if caption_style not in ("short", "dense"):
@@ -352,7 +364,8 @@ def retrieval_set(split: str = "test", num_samples: int = 1000, resolution: Reso
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
     scenes = SyntheticScenes(split, num_samples, resolution, seed, caption_style, transform,
-                             num_objects=(4, 12) if caption_style == "dense" else None)
+                             num_objects=(4, 12) if caption_style == "dense" else None,
+                             object_scale=object_scale)
     return RetrievalSet(scenes, captions_per_image)
 
 

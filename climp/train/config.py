@@ -79,6 +79,11 @@ class TrainConfig(FromDict):
     hard_negatives: float = setting(0.0, group=DATA, help=(
         "synthetic data: share of scenes that come in groups of 8 differing in one attribute "
         "(in-batch hard negatives)"))
+    object_scale: float = setting(1.0, group=DATA, help=(
+        "synthetic data: factor on the objects' radii in training and the embedded evaluation "
+        "(capped at half a grid cell; 1.0 is the benchmark)"))
+    hard_negative_attributes: str = setting("shape,colour,size,position,background", group=DATA, help=(
+        "synthetic data: comma-separated attributes a hard-negative group may vary (one per group)"))
     resolution: int = setting(64, group=DATA, help="image side length in pixels")
     train_sides: Optional[str] = setting(None, group=DATA, metavar="SIDES", help=(
         "multi-resolution training: comma-separated sides, e.g. 64,96,128; images are prepared at the "
@@ -137,6 +142,8 @@ class TrainConfig(FromDict):
     def __post_init__(self) -> None:
         if self.csv_separator in ("tab", "\\t"):
             self.csv_separator = "\t"
+        if isinstance(self.hard_negative_attributes, (list, tuple)):
+            self.hard_negative_attributes = ",".join(self.hard_negative_attributes)
         if isinstance(self.train_sides, (list, tuple)):
             self.train_sides = ",".join(str(v) for v in self.train_sides)
         self.validate()
@@ -175,8 +182,15 @@ class TrainConfig(FromDict):
                 raise ValueError(f"{key} must be -1 (train the whole tower) or a number of unlocked groups >= 0")
         if not 0.0 <= self.hard_negatives <= 1.0:
             raise ValueError(f"hard_negatives must be in [0, 1], got {self.hard_negatives}")
+        attributes = [a.strip() for a in str(self.hard_negative_attributes).split(",") if a.strip()]
+        allowed = ("shape", "colour", "size", "position", "background")
+        if not attributes or any(a not in allowed for a in attributes):
+            raise ValueError(f"hard_negative_attributes must name some of {','.join(allowed)}, "
+                             f"got {self.hard_negative_attributes!r}")
         if not 0.0 <= self.partial_captions <= 1.0:
             raise ValueError(f"partial_captions must be in [0, 1], got {self.partial_captions}")
+        if not (self.object_scale > 0 and math.isfinite(self.object_scale)):
+            raise ValueError(f"object_scale must be a positive finite number, got {self.object_scale}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.train_sides:

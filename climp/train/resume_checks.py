@@ -17,6 +17,7 @@ from .config import TrainConfig
 CHECKED_SETTINGS = (
     "model", "lock_image", "lock_text", "lr_image_mult", "lr_text_mult",
     "data", "train_data", "train_samples", "caption_style", "partial_captions", "hard_negatives",
+    "object_scale", "hard_negative_attributes",
     "resolution", "steps", "batch_size", "accum_freq", "lr", "warmup", "weight_decay", "beta1",
     "beta2", "eps", "grad_clip", "loss", "local_loss", "gather_with_grad", "precision",
     "ema_decay", "seed", "max_caption_tokens", "train_sides",

@@ -96,7 +96,9 @@ def build_components(config: TrainConfig) -> TrainComponents:
         train_dataset = synthetic.SyntheticScenes(
             split="train", num_samples=config.train_samples, resolution=train_side,
             seed=config.seed, caption_style=config.caption_style, transform=preprocess_train,
-            partial_captions=config.partial_captions, hard_negatives=config.hard_negatives)
+            partial_captions=config.partial_captions, hard_negatives=config.hard_negatives,
+            object_scale=config.object_scale,
+            hard_negative_attributes=tuple(a.strip() for a in config.hard_negative_attributes.split(",")))
     else:
         train_dataset = open_train_source(config.train_data, preprocess_train, config.csv_img_key,
                                           config.csv_caption_key, config.csv_separator, config.seed,
@@ -120,10 +122,10 @@ def eval_sets(config: TrainConfig, transform: Callable) -> tuple:
     if config.embedded_eval:
         tasks.update(synthetic.zero_shot_tasks(split="test", num_samples=config.eval_samples,
                                                resolution=config.resolution, seed=config.seed,
-                                               transform=transform))
+                                               transform=transform, object_scale=config.object_scale))
         retrieval[""] = synthetic.retrieval_set(split="test", num_samples=config.retrieval_samples,
                                                 resolution=config.resolution, seed=config.seed,
-                                                transform=transform)
+                                                transform=transform, object_scale=config.object_scale)
     if config.val_data:
         task, pairs = open_val_source(config.val_data, transform, config.csv_img_key,
                                       config.csv_caption_key, config.csv_separator, config.allow_pipe)
