@@ -66,9 +66,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="trained weights (default: random init)")
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--side", type=int, default=None, help="image side (default: the tower's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="scenes and, without a checkpoint, the init")
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
+    torch.manual_seed(args.seed)  # the initialisation, when no checkpoint is given
     model, _, _ = climp.create_model_and_transforms(args.model, pretrained=args.checkpoint)
     model.eval()
     side = args.side or model.config["vision_cfg"]["image_size"]
