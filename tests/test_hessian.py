@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 
@@ -355,6 +356,14 @@ def test_finite_difference_consistency_flags_a_non_smooth_loss(mlp):
                                landscape="none", progress=False)
     result = analyse_hessian(kinked, batches, kinked_loss, ["all"], settings)
     assert result["hvp"]["consistent"] is False and "--hvp autograd" in result["warnings"][0]
+    auto = analyse_hessian(kinked, batches, kinked_loss, ["all"], dataclasses.replace(settings, hvp="auto"))
+    assert auto["hvp"]["method"] == "autograd" and auto["hvp"]["consistent"] is None and not auto["warnings"]
+    assert auto["hvp"]["consistency"] == pytest.approx(result["hvp"]["consistency"])
+    exact = analyse_hessian(kinked, batches, kinked_loss, ["all"], dataclasses.replace(settings, hvp="autograd"))
+    assert auto["eigen"]["top"] == pytest.approx(exact["eigen"]["top"], rel=1e-10)
+    assert auto["trace"]["trace"] == pytest.approx(exact["trace"]["trace"], rel=1e-10)
+    smooth_auto = analyse_hessian(model64, batches, mse_loss, ["all"], dataclasses.replace(settings, hvp="auto"))
+    assert smooth_auto["hvp"]["method"] == "finite-difference" and smooth_auto["hvp"]["consistent"] is True
 
 
 def test_operator_rejects_bad_methods():

@@ -29,6 +29,8 @@ DIRECTION_KINDS = ("eigen", "random")
 # Largest ||Hv(h) - Hv(4h)|| / ||Hv(h)|| accepted from finite differences: smooth losses stay
 # within a few percent (rounding, truncation), non-smooth ones (max pooling) reach 1 or more.
 FD_CONSISTENCY_LIMIT = 0.25
+AUTO = "auto"  # finite differences, replaced by double backward when their consistency check fails
+HVP_CHOICES = HVP_METHODS + (AUTO,)
 HESSIAN, LANDSCAPE = "Hessian", "loss landscape"
 
 
@@ -65,10 +67,11 @@ class HessianSettings(FromDict):
     ignore_1d: bool = setting(False, group=LANDSCAPE, help=(
         "random directions leave biases, norms and scalars unchanged (Li et al.)"))
     seed: int = setting(0, group=HESSIAN, help="data and random-vector seed")
-    hvp: str = setting("finite-difference", group=HESSIAN, choices=HVP_METHODS, help=(
+    hvp: str = setting("finite-difference", group=HESSIAN, choices=HVP_CHOICES, help=(
         "Hessian-vector products by central finite differences of gradients (2 fast gradients each, "
-        "error ~2e-4 of ||H|| in float32) or exact double backward (through a selective scan it needs "
-        "the pure-PyTorch scan, several times slower)"))
+        "error ~2e-4 of ||H|| in float32), exact double backward (through a selective scan it needs "
+        "the pure-PyTorch scan, several times slower), or auto: finite differences while their "
+        "consistency check passes, else double backward"))
     fd_eps_rel: Optional[float] = setting(None, group=HESSIAN, help=(
         "finite-difference step relative to 1 + rms(theta) (default: 3e-4 float32, 1e-7 float64)"))
     cache_graph: bool = setting(False, group=HESSIAN, help=(
@@ -93,10 +96,10 @@ class HessianSettings(FromDict):
                              f"got {self.landscape_directions!r}")
         if self.landscape == "2d" and self.landscape_directions == "eigen" and self.top_k < 2:
             raise ValueError("a 2d landscape along eigenvectors needs top_k >= 2")
-        if self.hvp not in HVP_METHODS:
-            raise ValueError(f"HessianSettings.hvp must be one of {HVP_METHODS}, got {self.hvp!r}")
-        if self.cache_graph and self.hvp != "autograd":
-            raise ValueError("HessianSettings.cache_graph applies to hvp='autograd' only")
+        if self.hvp not in HVP_CHOICES:
+            raise ValueError(f"HessianSettings.hvp must be one of {HVP_CHOICES}, got {self.hvp!r}")
+        if self.cache_graph and self.hvp not in ("autograd", AUTO):
+            raise ValueError("HessianSettings.cache_graph applies to hvp='autograd' (or 'auto') only")
         if self.fd_eps_rel is not None and not self.fd_eps_rel > 0:
             raise ValueError(f"HessianSettings.fd_eps_rel must be positive, got {self.fd_eps_rel}")
         if self.landscape_range <= 0:
@@ -122,12 +125,14 @@ def landscape_directions(op: HessianOperator, settings: HessianSettings, eigenve
 def hvp_description(op: HessianOperator, consistency: Optional[float]) -> Dict[str, Any]:
     """How the operator computes products: method, parameter dtype and, for finite
     differences, the relative and absolute step and the consistency check (whether the products
-    can be trusted: see HessianOperator.finite_difference_consistency)."""
+    can be trusted: see HessianOperator.finite_difference_consistency). Exact products (double
+    backward) need no check: "consistent" is None for them, and "consistency" keeps the check of
+    the finite differences they replaced, if any."""
     fd = op.method == "finite-difference"
     return {"method": op.method, "dtype": str(op.params[0].dtype).replace("torch.", ""),
             "eps_rel": op.eps_rel, "step": op.finite_difference_step() if fd else None,
             "consistency": consistency,
-            "consistent": None if consistency is None else consistency <= FD_CONSISTENCY_LIMIT}
+            "consistent": consistency <= FD_CONSISTENCY_LIMIT if fd and consistency is not None else None}
 
 
 def inconsistency_warning(consistency: float) -> str:
@@ -157,8 +162,12 @@ def analyse_hessian(
     """
     settings = settings or HessianSettings()
     chosen = dict(params) if isinstance(params, Mapping) else select_parameters(model, params, exclude)
-    op = HessianOperator(model, loss_fn, batches, chosen, cache_graph=settings.cache_graph,
-                         method=settings.hvp, eps_rel=settings.fd_eps_rel)
+
+    def operator(method: str) -> HessianOperator:
+        return HessianOperator(model, loss_fn, batches, chosen, method=method, eps_rel=settings.fd_eps_rel,
+                               cache_graph=settings.cache_graph and method == "autograd")
+
+    op = operator("finite-difference" if settings.hvp == AUTO else settings.hvp)
     device = op.device
     bar = (lambda name: name) if settings.progress else (lambda name: None)
     seconds: Dict[str, float] = {}
@@ -176,6 +185,9 @@ def analyse_hessian(
     if op.method == "finite-difference":
         probe = rademacher(op.dim, seeded(settings.seed, 5)).to(device)
         consistency = stage("hvp check", lambda: op.finite_difference_consistency(probe))
+        if settings.hvp == AUTO and consistency > FD_CONSISTENCY_LIMIT:
+            op.clear_cache()
+            op = operator("autograd")
     eig = stage("eigen", lambda: top_eigenpairs(
         op.matvec, op.dim, settings.top_k, settings.lanczos_steps, settings.lanczos_tol,
         seeded(settings.seed, 1), device, bar("Lanczos (top eigenvalues)")))
@@ -194,7 +206,7 @@ def analyse_hessian(
         "num_parameters": op.dim,
         "parameter_names": op.names,
         "hvp": hvp_description(op, consistency),
-        "warnings": [] if consistency is None or consistency <= FD_CONSISTENCY_LIMIT
+        "warnings": [] if consistency is None or consistency <= FD_CONSISTENCY_LIMIT or op.method == "autograd"
         else [inconsistency_warning(consistency)],
         "num_batches": len(op.batches),
         "loss": loss,
@@ -237,9 +249,12 @@ def format_value(value: Any) -> str:
 
 
 def consistency_text(hvp: Mapping[str, Any]) -> Optional[str]:
-    """"True (0.03)": the finite-difference check's verdict and value; None for autograd."""
+    """"True (0.03)": the finite-difference check's verdict and value; None for autograd, or the
+    failed check that made `auto` switch to exact products."""
     if hvp.get("consistency") is None:
         return None
+    if hvp.get("method") == "autograd":
+        return f"False ({hvp['consistency']:.2g}): exact double-backward products used"
     return f"{hvp['consistent']} ({hvp['consistency']:.2g})"
 
 
