@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import KernelBuildError, load_cpu_kernel
+from .cpu_build import cpu_kernel_available, kernel_function
 from .selective_scan import double_backward_enabled
 
 # Below this many output elements a call runs on one thread.
@@ -88,9 +88,6 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _kernel(name: str, dtype: torch.dtype):
-    return getattr(load_cpu_kernel(), f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
-
 
 def _threads(x: Tensor) -> int:
     return max(1, min(torch.get_num_threads(), x.numel() // MIN_ELEMENTS_PER_THREAD))
@@ -122,7 +119,7 @@ def conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], channel_last
     dtype, xc, wc, bc = _operands(x, weight, bias)
     batch, dim, length = x.shape
     out = _empty_in_layout(xc, channel_last, dtype)
-    _kernel("causal_conv_silu_fwd", dtype)(
+    kernel_function("causal_conv_silu_fwd", dtype)(
         xc.data_ptr(), *xc.stride(), wc.data_ptr(), None if bc is None else bc.data_ptr(), out.data_ptr(),
         *out.stride(), batch, dim, length, wc.shape[1], _threads(x))
     return out.to(x.dtype)
@@ -143,7 +140,7 @@ def conv_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], grad: Tenso
     gc = grad.to(dtype)
     dx, dw = _empty_in_layout(xc, channel_last, dtype), torch.empty_like(wc)
     dbias = None if bc is None else torch.empty_like(bc)
-    _kernel("causal_conv_silu_bwd", dtype)(
+    kernel_function("causal_conv_silu_bwd", dtype)(
         xc.data_ptr(), *xc.stride(), wc.data_ptr(), None if bc is None else bc.data_ptr(), gc.data_ptr(),
         *gc.stride(), dx.data_ptr(), *dx.stride(), dw.data_ptr(), None if dbias is None else dbias.data_ptr(),
         batch, dim, length, wc.shape[1], _threads(x))
@@ -186,14 +183,6 @@ def _conv_flop_formula(x_shape, weight_shape, *args, **kwargs) -> int:
     return 2 * batch * dim * length * weight_shape[2]
 
 
-@torch.compiler.assume_constant_result
-def _kernel_builds() -> bool:
-    try:
-        load_cpu_kernel()
-        return True
-    except KernelBuildError:
-        return False
-
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, channel_last: bool = False) -> Tensor:
     """silu(causal depthwise conv1d of x): x (batch, dim, length), any strides; weight
@@ -205,7 +194,7 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if needs_grad and double_backward_enabled():
         return causal_conv1d_silu_reference(x, weight, bias, channel_last)
-    if x.device.type == "meta" or (x.device.type == "cpu" and _kernel_builds()):
+    if x.device.type == "meta" or (x.device.type == "cpu" and cpu_kernel_available()):
         return conv_forward(x, weight, bias, channel_last)
     out = _CausalConv1dSiLU.apply(x, weight, bias)
     return out.transpose(1, 2).contiguous().transpose(1, 2) if channel_last else out

@@ -197,7 +197,26 @@ def load_cpu_kernel() -> ctypes.CDLL:
 
 
 def cpu_kernel_available() -> bool:
-    """Whether the CPU kernel is (or can be) built and loaded on this machine."""
+    """Whether the CPU kernel is (or can be) built and loaded on this machine (a constant to
+    torch.compile, which traces no locks)."""
+    return _kernel_loads()
+
+
+def kernel_function(name: str, dtype) -> ctypes._CFuncPtr:
+    """The kernel's C function `name` for a compute dtype (float64, else float32)."""
+    import torch
+
+    return getattr(load_cpu_kernel(), f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
+
+
+def _constant_for_compile(fn):
+    import torch
+
+    return torch.compiler.assume_constant_result(fn)
+
+
+@_constant_for_compile
+def _kernel_loads() -> bool:
     try:
         load_cpu_kernel()
     except KernelBuildError:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import load_cpu_kernel
+from .cpu_build import kernel_function
 
 # Below this many state updates a call runs on one thread: waking a team costs more than it saves.
 MIN_UPDATES_PER_THREAD = 1 << 16
@@ -57,7 +57,7 @@ def _ptr(t: Optional[Tensor]) -> Optional[int]:
 
 
 def _kernel(dtype: torch.dtype, direction: str):
-    return getattr(load_cpu_kernel(), f"selective_scan_{direction}_{'f64' if dtype == torch.float64 else 'f32'}")
+    return kernel_function(f"selective_scan_{direction}", dtype)
 
 
 def _shape_args(u: Tensor, A: Tensor, B: Tensor) -> Tuple[int, int, int, int, int, int]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import KernelBuildError, load_cpu_kernel
+from .cpu_build import cpu_kernel_available, kernel_function
 from .cpu_scan import selective_scan_flops
 from .selective_scan import double_backward_enabled, selective_scan
 
@@ -98,9 +98,6 @@ def _threads(u: Tensor, A: Tensor) -> int:
     return max(1, min(torch.get_num_threads(), updates // MIN_UPDATES_PER_THREAD))
 
 
-def _kernel(name: str, dtype: torch.dtype):
-    return getattr(load_cpu_kernel(), f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
-
 
 def _operands(u, z, xdbl, dt_weight, dt_bias, A, D):
     """Compute-dtype operands and the kernel's leading arguments (pointers with their batch and
@@ -122,7 +119,7 @@ def mamba1d_scan_op(u: Tensor, z: Optional[Tensor], xdbl: Tensor, dt_weight: Ten
     dtype, args, params, rows = _operands(u, z, xdbl, dt_weight, dt_bias, A, D)  # kept alive: args point into them
     batch, length, dim = u.shape
     out = torch.empty((batch, length, dim), dtype=dtype)
-    _kernel("mamba1d_fwd", dtype)(*args, int(delta_softplus), out.data_ptr(), batch, length, dim,
+    kernel_function("mamba1d_fwd", dtype)(*args, int(delta_softplus), out.data_ptr(), batch, length, dim,
                                   dt_weight.shape[1], A.shape[1], _threads(u, A))
     return out.to(u.dtype)
 
@@ -144,7 +141,7 @@ def mamba1d_scan_backward(u: Tensor, z: Optional[Tensor], xdbl: Tensor, dt_weigh
     dz = None if z is None else torch.empty(u.shape, dtype=dtype)
     dx = torch.empty(xdbl.shape, dtype=dtype)
     dparams = [torch.empty_like(p) for p in params]
-    _kernel("mamba1d_bwd", dtype)(
+    kernel_function("mamba1d_bwd", dtype)(
         *args, int(delta_softplus), gc.data_ptr(), du.data_ptr(), None if dz is None else dz.data_ptr(),
         dx.data_ptr(), *(g.data_ptr() for g in dparams), batch, length, dim, dt_weight.shape[1], A.shape[1],
         _threads(u, A))
@@ -198,22 +195,13 @@ def _mamba1d_flop_formula(u_shape, z_shape, xdbl_shape, dt_weight_shape, dt_bias
     return mamba1d_flops(batch, length, dim, dt_weight_shape[1], A_shape[1], with_z=z_shape is not None)
 
 
-@torch.compiler.assume_constant_result
-def _kernel_builds() -> bool:
-    """Whether the CPU kernel loads (a constant to torch.compile, which traces no locks)."""
-    try:
-        load_cpu_kernel()
-    except KernelBuildError:
-        return False
-    return True
-
 
 def fused_mamba1d_available(u: Tensor, backend: str = "auto") -> bool:
     """Whether `mamba1d_scan(u, ..., backend=backend)` runs the fused op: CPU (kernel built) or
     meta tensors and backend "auto" (a named backend selects the unfused path)."""
     if backend != "auto" or u.device.type not in ("cpu", "meta"):
         return False
-    return u.device.type == "meta" or _kernel_builds()
+    return u.device.type == "meta" or cpu_kernel_available()
 
 
 def mamba1d_scan(

@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import KernelBuildError, load_cpu_kernel
+from .cpu_build import cpu_kernel_available, kernel_function
 from .cross_scan import cross_merge, cross_scan
 from .selective_scan import double_backward_enabled, selective_scan
 
@@ -100,9 +100,6 @@ def _threads(batch: int, dim: int, length: int, state: int) -> int:
     return max(1, min(torch.get_num_threads(), updates // MIN_UPDATES_PER_THREAD))
 
 
-def _kernel(name: str, dtype: torch.dtype):
-    return getattr(load_cpu_kernel(), f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
-
 
 def _prepared(tensors, dtype: torch.dtype) -> List[torch.Tensor]:
     return [t.to(dtype).contiguous() for t in tensors]
@@ -116,7 +113,7 @@ def ss2d_scan(u: torch.Tensor, xdbl: torch.Tensor, dt_weight: torch.Tensor, dt_b
     uc, xc, wc, bc, Ac, Dc = _prepared((u, xdbl, dt_weight, dt_bias, A, D), dtype)
     batch, height, width, dim = u.shape
     out = torch.empty(uc.shape, dtype=dtype)
-    _kernel("ss2d_fwd", dtype)(
+    kernel_function("ss2d_fwd", dtype)(
         uc.data_ptr(), xc.data_ptr(), wc.data_ptr(), bc.data_ptr(), Ac.data_ptr(), Dc.data_ptr(),
         int(delta_softplus), out.data_ptr(), batch, height, width, dim, wc.shape[2], Ac.shape[1],
         _threads(batch, dim, height * width, Ac.shape[1]),
@@ -140,7 +137,7 @@ def ss2d_scan_backward(u: torch.Tensor, xdbl: torch.Tensor, dt_weight: torch.Ten
     (gc,) = _prepared((grad_out,), dtype)
     grads = [torch.empty(t.shape, dtype=dtype) for t in (uc, xc, wc, bc, Ac, Dc)]
     batch, height, width, dim = u.shape
-    _kernel("ss2d_bwd", dtype)(
+    kernel_function("ss2d_bwd", dtype)(
         uc.data_ptr(), xc.data_ptr(), wc.data_ptr(), bc.data_ptr(), Ac.data_ptr(), Dc.data_ptr(),
         int(delta_softplus), gc.data_ptr(), *(g.data_ptr() for g in grads), batch, height, width, dim,
         wc.shape[2], Ac.shape[1], _threads(batch, dim, height * width, Ac.shape[1]),
@@ -184,17 +181,8 @@ def fused_ss2d_available(u: torch.Tensor, backend: str = "auto") -> bool:
     tensors and backend "auto" (a named backend, "cpu" included, selects the unfused path)."""
     if backend != "auto" or u.device.type not in ("cpu", "meta"):
         return False
-    return u.device.type == "meta" or _kernel_builds()
+    return u.device.type == "meta" or cpu_kernel_available()
 
-
-@torch.compiler.assume_constant_result
-def _kernel_builds() -> bool:
-    """Whether the CPU kernel loads (a constant to torch.compile, which traces no locks)."""
-    try:
-        load_cpu_kernel()
-    except KernelBuildError:
-        return False
-    return True
 
 
 def ss2d(

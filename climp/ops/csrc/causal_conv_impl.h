@@ -78,22 +78,6 @@ static inline REAL FN(conv_dot)(const REAL *a, const REAL *b, int64_t n) {
 /* Channel-last path (x, out, dout and dx all with unit channel stride, as the fused 1D mixer
  * passes them): vector lane = channel, so each step is K vector multiply-adds on the rows as
  * they lie, with no gather. Blocks of LANES channels; the weights as K vectors per block. */
-static inline VEC FN(conv_cl_load)(const REAL *p, int count) {
-    VEC v = {0};
-    if (count == LANES)
-        memcpy(&v, p, sizeof v);
-    else
-        for (int j = 0; j < count; ++j) v[j] = p[j];
-    return v;
-}
-
-static inline void FN(conv_cl_store)(REAL *p, VEC v, int count) {
-    if (count == LANES)
-        memcpy(p, &v, sizeof v);
-    else
-        for (int j = 0; j < count; ++j) p[j] = v[j];
-}
-
 /* Taps of channels d0 .. d0 + count - 1 as vectors wv[k], and their bias (0 beyond count). */
 static inline VEC FN(conv_cl_weights)(const REAL *w, const REAL *bias, int64_t d0, int count, int64_t kernel,
                                       VEC *wv) {
@@ -112,7 +96,7 @@ static inline VEC FN(conv_cl_pre)(const REAL *x, int64_t st, int64_t t, const VE
     VEC acc = bv;
     for (int64_t k = 0; k < kernel; ++k) {
         int64_t tt = t - kernel + 1 + k;
-        if (tt >= 0) acc += wv[k] * FN(conv_cl_load)(x + tt * st, count);
+        if (tt >= 0) acc += wv[k] * FN(vec_load_n)(x + tt * st, count);
     }
     return acc;
 }
@@ -134,7 +118,7 @@ static void FN(conv_cl_fwd)(const REAL *x, int64_t sb, int64_t st, const REAL *w
             REAL *ob = out + b * osb + d0;
             for (int64_t t = 0; t < len; ++t) {
                 VEC pre = FN(conv_cl_pre)(xb, st, t, wv, bv, kernel, count);
-                FN(conv_cl_store)(ob + t * ost, pre * VSIGMOID(pre), count);
+                FN(vec_store_n)(ob + t * ost, pre * VSIGMOID(pre), count);
             }
         }
         free(wv);
@@ -173,12 +157,12 @@ static void FN(conv_cl_bwd)(const REAL *x, int64_t sb, int64_t st, const REAL *w
                 const REAL *xb = x + b * sb + d0, *gb = dout + b * gsb + d0;
                 for (int64_t t = 0; t < len; ++t) {
                     VEC pre = FN(conv_cl_pre)(xb, st, t, wi, bv[i], kernel, count), sig = VSIGMOID(pre);
-                    VEC d = FN(conv_cl_load)(gb + t * gst, count) * sig * (1 + pre * (1 - sig));
+                    VEC d = FN(vec_load_n)(gb + t * gst, count) * sig * (1 + pre * (1 - sig));
                     dpre[t] = d;
                     dbi += d;
                     for (int64_t k = 0; k < kernel; ++k) {
                         int64_t tt = t - kernel + 1 + k;
-                        if (tt >= 0) dwi[k] += d * FN(conv_cl_load)(xb + tt * st, count);
+                        if (tt >= 0) dwi[k] += d * FN(vec_load_n)(xb + tt * st, count);
                     }
                 }
                 dbv[i] = dbi;
@@ -186,7 +170,7 @@ static void FN(conv_cl_bwd)(const REAL *x, int64_t sb, int64_t st, const REAL *w
                 for (int64_t t = 0; t < len; ++t) {
                     VEC acc = {0};
                     for (int64_t k = 0; k < kernel; ++k) acc += wi[k] * dpre[t + kernel - 1 - k];
-                    FN(conv_cl_store)(dxb + t * ost, acc, count);
+                    FN(vec_store_n)(dxb + t * ost, acc, count);
                 }
             }
         for (int64_t i = 0; i < mine; ++i) {

@@ -19,22 +19,6 @@
  * are per-thread partial sums added in thread order (parallel.h): deterministic.
  */
 
-static inline VEC FN(m1d_load)(const REAL *p, int count) {
-    VEC v = {0};
-    if (count == LANES)
-        memcpy(&v, p, sizeof v);
-    else
-        for (int j = 0; j < count; ++j) v[j] = p[j];
-    return v;
-}
-
-static inline void FN(m1d_store)(REAL *p, VEC v, int count) {
-    if (count == LANES)
-        memcpy(p, &v, sizeof v);
-    else
-        for (int j = 0; j < count; ++j) p[j] = v[j];
-}
-
 /* Per-block constants (lane = channel; 0 beyond the block). */
 typedef struct {
     VEC *w;        /* [rank]: dtw column r of the block's channels */
@@ -73,7 +57,7 @@ static inline __attribute__((always_inline)) void FN(m1d_fwd_block)(
     for (int64_t n = 0; n < N; ++n) h[n] = (VEC){0};
     for (int64_t t = 0; t < len; ++t) {
         const REAL *x = xdbl + t * xst, *Bp = x + rank, *Cp = Bp + N;
-        VEC uv = FN(m1d_load)(u + t * ust, count);
+        VEC uv = FN(vec_load_n)(u + t * ust, count);
         VEC dt = FN(m1d_delta)(c, x, rank);
         if (softplus) dt = VSOFTPLUS(dt, NULL);
         VEC dtu = dt * uv, y = c->D * uv;
@@ -82,10 +66,10 @@ static inline __attribute__((always_inline)) void FN(m1d_fwd_block)(
             y += h[n] * Cp[n];
         }
         if (z) {
-            VEC zv = FN(m1d_load)(z + t * zst, count);
+            VEC zv = FN(vec_load_n)(z + t * zst, count);
             y *= zv * VSIGMOID(zv);
         }
-        FN(m1d_store)(out + t * dim, y, count);
+        FN(vec_store_n)(out + t * dim, y, count);
     }
 }
 
@@ -141,7 +125,7 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
     for (int64_t n = 0; n < N; ++n) h[n] = carry[n] = dA[n] = (VEC){0};
     for (int64_t t = 0; t < len; ++t) {
         const REAL *x = xdbl + t * xst, *Bp = x + rank;
-        VEC uv = FN(m1d_load)(u + t * ust, count);
+        VEC uv = FN(vec_load_n)(u + t * ust, count);
         VEC dt = FN(m1d_delta)(c, x, rank), sig = {0};
         if (softplus) dt = VSOFTPLUS(dt, &sig);
         s->dt[t] = dt;
@@ -158,10 +142,10 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
     for (int64_t t = len - 1; t >= 0; --t) {
         const REAL *x = xdbl + t * xst, *Bp = x + rank, *Cp = Bp + N;
         VEC *acc = dxv + t * Q;
-        VEC g_out = FN(m1d_load)(dout + t * dim, count), uv = FN(m1d_load)(u + t * ust, count);
+        VEC g_out = FN(vec_load_n)(dout + t * dim, count), uv = FN(vec_load_n)(u + t * ust, count);
         VEC zv = {0}, zsig = {0}, dy = g_out;
         if (z) {
-            zv = FN(m1d_load)(z + t * zst, count);
+            zv = FN(vec_load_n)(z + t * zst, count);
             zsig = VSIGMOID(zv);
             dy = g_out * zv * zsig;
         }
@@ -176,7 +160,7 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
             dA[n] += q * dt;
             carry[n] = s->e[t * N + n] * g;
         }
-        if (z) FN(m1d_store)(dz + t * dim, g_out * pre * zsig * (1 + zv * (1 - zsig)), count);
+        if (z) FN(vec_store_n)(dz + t * dim, g_out * pre * zsig * (1 + zv * (1 - zsig)), count);
         VEC ddt = uv * s1 + s2;
         if (softplus) ddt *= s->sig[t];
         dbias += ddt;
@@ -185,7 +169,7 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
             s->dw[r] += ddt * x[r];
             acc[r] += c->w[r] * ddt;
         }
-        FN(m1d_store)(du + t * dim, dt * s1 + c->D * dy, count);
+        FN(vec_store_n)(du + t * dim, dt * s1 + c->D * dy, count);
     }
     for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
     s->dbias = dbias;

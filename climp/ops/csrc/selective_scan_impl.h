@@ -9,6 +9,24 @@
  * stay in registers, so the per-step inputs (dt, dt u, dy) are loaded and the sums over states
  * (y, and the backward's S1, S2) are updated once per pass instead of once per state. */
 
+/* The first `count` (<= LANES) elements of p as a vector, zeros beyond; and the inverse store.
+ * Shared by the kernels whose lane is a channel (the channel-last conv, the fused 1D scan). */
+static inline VEC FN(vec_load_n)(const REAL *p, int count) {
+    VEC v = {0};
+    if (count == LANES)
+        memcpy(&v, p, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) v[j] = p[j];
+    return v;
+}
+
+static inline void FN(vec_store_n)(REAL *p, VEC v, int count) {
+    if (count == LANES)
+        memcpy(p, &v, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) p[j] = v[j];
+}
+
 /* Which channels a block covers: blocks never straddle a B/C group. */
 typedef struct {
     int64_t group, first, count;
