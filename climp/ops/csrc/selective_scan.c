@@ -101,6 +101,13 @@ static inline vec_f32 vexp_f32(vec_f32 x) { return vexp2_f32(x * 1.4426950408889
 
 static inline vec_f32 vsigmoid_f32(vec_f32 x) { return 1.0f / (1.0f + vexp_f32(-x)); }
 
+
+/* log(1 + y) / y on [0, 1] as a degree-7 polynomial in y, for the softplus of any vector width:
+ * softplus(x) = max(x, 0) + y * LOG1P_OVER_Y(y) with y = exp(-|x|). */
+#define LOG1P_OVER_Y(y) \
+    (((((((((y) * 5.232659e-3f - 2.9505106e-2f) * (y) + 7.822575e-2f) * (y) - 1.366323e-1f) * (y) \
+        + 1.9106e-1f) * (y) - 2.484298e-1f) * (y) + 3.3319098e-1f) * (y) - 4.9999493e-1f) * (y) + 0.99999994f)
+
 /* softplus(x) = max(x, 0) + log1p(y), y = exp(-|x|) in (0, 1], with log1p(y) = y q(y), q a degree-8
  * minimax polynomial on [0, 1] (relative error 1.9e-7, no division). When sig is given it also
  * gets sigmoid(x) (softplus' derivative): 1 / (1 + y) for x >= 0, y / (1 + y) below. */
@@ -112,14 +119,7 @@ static inline vec_f32 vsoftplus_f32(vec_f32 x, vec_f32 *sig) {
         vec_f32 inv = 1.0f / (1.0f + y);
         *sig = vselect_f32(x < zero, y * inv, inv);
     }
-    vec_f32 q = y * 5.232659e-3f - 2.9505106e-2f;
-    q = q * y + 7.822575e-2f;
-    q = q * y - 1.366323e-1f;
-    q = q * y + 1.9106e-1f;
-    q = q * y - 2.484298e-1f;
-    q = q * y + 3.3319098e-1f;
-    q = q * y - 4.9999493e-1f;
-    q = q * y + 0.99999994f;
+    vec_f32 q = LOG1P_OVER_Y(y);
     return vmax_f32(x, zero) + y * q;
 }
 

@@ -73,14 +73,7 @@ static inline ss2d_v16 ss2d_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
         ss2d_i16 neg = x < zero;
         *sig = (ss2d_v16)(((ss2d_i16)(y * inv) & neg) | ((ss2d_i16)inv & ~neg));
     }
-    ss2d_v16 q = y * 5.232659e-3f - 2.9505106e-2f;
-    q = q * y + 7.822575e-2f;
-    q = q * y - 1.366323e-1f;
-    q = q * y + 1.9106e-1f;
-    q = q * y - 2.484298e-1f;
-    q = q * y + 3.3319098e-1f;
-    q = q * y - 4.9999493e-1f;
-    q = q * y + 0.99999994f;
+    ss2d_v16 q = LOG1P_OVER_Y(y);
     return ss2d_max16(x, zero) + y * q;
 }
 
