@@ -128,9 +128,10 @@ SAME_WEIGHTS = {
 }
 
 
-def run_name(model: str, seed: int) -> str:
+def run_name(model: str, seed: int, train_sides: str = "") -> str:
     name = Path(model).stem if model.endswith(".json") else model
     name = f"{name}-raw" if model == RAW_CAPTIONS_MODEL else name
+    name = f"{name}-sides{train_sides.replace(',', '-')}" if train_sides else name
     return f"{name}-seed{seed}" if seed else name
 
 
@@ -141,16 +142,18 @@ def eval_settings(layout: DigitsLayout) -> Dict[str, Any]:
 
 
 def train_and_evaluate(model: str, layout: DigitsLayout, run_root: Path, steps: int, batch_size: int,
-                       resolution: int, seed: int, reuse: bool = False) -> Dict[str, Any]:
+                       resolution: int, seed: int, reuse: bool = False, train_sides: str = "") -> Dict[str, Any]:
     """`climp train --train-data` then `climp eval` on the test split; returns the training
-    summary and eval's results. `reuse` keeps a finished run's outputs instead of redoing them."""
-    name = run_name(model, seed)
+    summary and eval's results. `reuse` keeps a finished run's outputs instead of redoing them;
+    `train_sides` trains at several sides (`climp train --train-sides`)."""
+    name = run_name(model, seed, train_sides)
     run_root.mkdir(parents=True, exist_ok=True)
     if not (reuse and (run_root / name / "results.json").is_file()):
         climp_command(["train", "--model", model, "--train-data", layout.train_csv, "--steps", str(steps),
                        "--batch-size", str(batch_size), "--warmup", str(max(1, steps // 10)),
                        "--resolution", str(resolution), "--seed", str(seed), "--name", name,
-                       "--output-dir", str(run_root), "--no-progress"], run_root / f"{name}-train.log")
+                       "--output-dir", str(run_root), "--no-progress",
+                       *(["--train-sides", train_sides] if train_sides else [])], run_root / f"{name}-train.log")
     train_results = json.loads((run_root / name / "results.json").read_text())
     eval_dir = run_root / name / "real-eval"
     if not (reuse and (eval_dir / "results.json").is_file()):
@@ -220,6 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=64, help="training side; the PNGs are written at it")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the split's seed is --split-seed)")
+    parser.add_argument("--train-sides", default="", help="train at these sides (e.g. 32,64,96), as `climp train`")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--data-dir", default="runs/real_data/digits", help="where the PNGs and tables go")
     parser.add_argument("--run-dir", default="runs/real_data", help="where the training runs go")
@@ -245,8 +249,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         results = train_and_evaluate(model, layout, Path(args.run_dir), args.steps, args.batch_size,
-                                     args.resolution, args.seed, args.reuse)
-        label = LABELS.get(model, model) + (f" (seed {args.seed})" if args.seed else "")
+                                     args.resolution, args.seed, args.reuse, args.train_sides)
+        label = (LABELS.get(model, model) + (f" `--train-sides {args.train_sides}`" if args.train_sides else "")
+                 + (f" (seed {args.seed})" if args.seed else ""))
         record(label, results)
         for change, overrides in SAME_WEIGHTS.get(model, ()) if args.same_weights else ():
             record(f"{label}, {change}", {"train": results["train"], "overrides": overrides,
