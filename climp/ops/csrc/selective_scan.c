@@ -61,18 +61,20 @@ typedef uint32_t vec_u32 __attribute__((vector_size(LANES * sizeof(uint32_t))));
  * 2^f is a degree-3 minimax polynomial (2.7e-8; 1.6e-7 relative error in all, float rounding
  * included). Three multiply-adds and a multiply instead of the fallback's five multiply-adds
  * below: the scans run 4-7% faster. */
+/* 2^f for f in [-1/16, 1/16] (cubic), and the bits of 2^(j/8) - (j << 20) for j = 0..7: the
+ * pieces of the in-range exp2 at every vector width. */
+#define EXP2_SMALL_POLY(f) ((((f) * 0.05549622f + 0.24025764f) * (f) + 0.69314724f) * (f) + 1.0f)
+#define EXP2_EIGHTHS_BITS 0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7, 0x3f7504f3, 0x3f75672a, 0x3f7744fd, \
+                          0x3f7ac0c7
+
 static inline vec_f32 vexp2_inrange_f32(vec_f32 t) {
     const vec_f32 zero = {0}, magic = zero + 1572864.0f; /* 1.5 * 2^20: adding it rounds to a multiple of 1/8 */
-    const vec_u32 table = {0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7, /* bits of 2^(j/8) - (j << 20) */
-                           0x3f7504f3, 0x3f75672a, 0x3f7744fd, 0x3f7ac0c7};
+    const vec_u32 table = {EXP2_EIGHTHS_BITS};
     vec_f32 shifted = t + magic; /* 8 (i + j/8) in the low mantissa bits, j in the lowest 3 */
     vec_f32 f = t - (shifted - magic);
     vec_u32 bits = (vec_u32)shifted;
     vec_u32 s = (vec_u32)_mm256_permutevar8x32_ps((__m256)table, (__m256i)bits) + (bits << 20);
-    vec_f32 p = f * 0.05549622f + 0.24025764f;
-    p = p * f + 0.69314724f;
-    p = p * f + 1.0f;
-    return (vec_f32)s * p;
+    return (vec_f32)s * EXP2_SMALL_POLY(f);
 }
 #else
 /* 2^x over a float vector for x in [-125, 127]: the integer part of x goes straight into the

@@ -44,17 +44,12 @@ static inline ss2d_v16 ss2d_min16(ss2d_v16 a, ss2d_v16 b) { return (ss2d_v16)_mm
  * (whose index bit 3, the integer part's lowest bit, then selects the same entry). */
 static inline ss2d_v16 ss2d_exp2_inrange16(ss2d_v16 t) {
     const ss2d_v16 zero = {0}, magic = zero + 1572864.0f;
-    const ss2d_u16 table = {0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7, 0x3f7504f3, 0x3f75672a, 0x3f7744fd,
-                            0x3f7ac0c7, 0x3f800000, 0x3f7b95c2, 0x3f7837f0, 0x3f75fed7, 0x3f7504f3, 0x3f75672a,
-                            0x3f7744fd, 0x3f7ac0c7};
+    const ss2d_u16 table = {EXP2_EIGHTHS_BITS, EXP2_EIGHTHS_BITS};
     ss2d_v16 shifted = t + magic;
     ss2d_v16 f = t - (shifted - magic);
     ss2d_u16 bits = (ss2d_u16)shifted;
     ss2d_u16 s = (ss2d_u16)_mm512_permutexvar_ps((__m512i)bits, (__m512)table) + (bits << 20);
-    ss2d_v16 p = f * 0.05549622f + 0.24025764f;
-    p = p * f + 0.69314724f;
-    p = p * f + 1.0f;
-    return (ss2d_v16)s * p;
+    return (ss2d_v16)s * EXP2_SMALL_POLY(f);
 }
 
 /* vexp2_f32 on 16 lanes. */
