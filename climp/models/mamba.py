@@ -12,10 +12,11 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from climp.ops import causal_conv1d_silu, fused_mamba1d_available, mamba1d_scan, selective_scan
+from climp.ops import causal_conv1d_silu, fused_mamba1d_available, mamba1d_scan, rms_norm, selective_scan
 
 from ..config_mixin import FromDict
 
@@ -27,7 +28,8 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square layer norm with a learned scale, computed in float32 at least."""
+    """Root-mean-square layer norm with a learned scale, computed in float32 at least: the fused
+    op `climp.ops.rms_norm` on the CPU, its reference formula elsewhere (and for bf16/fp16)."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -35,9 +37,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = at_least_float32(x)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * at_least_float32(self.weight)).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -154,7 +154,7 @@ class MambaMixer(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not fused_mamba1d_available(hidden, self.scan_backend):
             return self.forward_unfused(hidden)
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, d_inner) views each
+        x, z = self.in_proj_halves(hidden)
         x = causal_conv1d_silu(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, channel_last=True)
         x = x.transpose(1, 2)  # (B, L, d_inner), contiguous
         y = mamba1d_scan(
@@ -168,6 +168,14 @@ class MambaMixer(nn.Module):
             delta_softplus=True,
         )
         return self.out_proj(y)
+
+    def in_proj_halves(self, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """in_proj's x and z halves (B, L, d_inner) each, as two products with the halves of its
+        weight: their gradients then reach the weight and `hidden` separately, never
+        concatenated into one (B, L, 2 * d_inner) gradient as a split output's backward would."""
+        weights = self.in_proj.weight.split(self.d_inner)
+        biases = (None, None) if self.in_proj.bias is None else self.in_proj.bias.split(self.d_inner)
+        return F.linear(hidden, weights[0], biases[0]), F.linear(hidden, weights[1], biases[1])
 
     def forward_unfused(self, hidden: torch.Tensor) -> torch.Tensor:
         """The channel-first path with the `scan_backend` selective scan (the reference)."""

@@ -26,7 +26,8 @@ from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "causal_conv_impl.h",
-           "parallel.h", "mamba1d_impl.h")
+           "parallel.h", "mamba1d_impl.h",
+           "rms_norm_impl.h")
 # The translation units among SOURCES (the rest are headers they include).
 C_SOURCES = tuple(name for name in SOURCES if name.endswith(".c"))
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
@@ -160,6 +161,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         m1d_bwd = getattr(lib, f"mamba1d_bwd_{suffix}")
         m1d_bwd.argtypes = ([ptr, i64, i64] * 3 + [ptr] * 4 + [i32] + [ptr] * 8 + [i64] * 5 + [i32])
         m1d_bwd.restype = None
+        rms_fwd = getattr(lib, f"rms_norm_fwd_{suffix}")
+        rms_fwd.argtypes = [ptr] * 4 + [i64] * 2 + [ctypes.c_double, i32]
+        rms_fwd.restype = None
+        rms_bwd = getattr(lib, f"rms_norm_bwd_{suffix}")
+        rms_bwd.argtypes = [ptr] * 6 + [i64] * 2 + [i32]
+        rms_bwd.restype = None
 
 
 def build_cpu_kernel() -> Path:

@@ -13,7 +13,7 @@
  * gradient (both NULL when unused).
  * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers, and
  * causal_conv_impl.h Mamba-1's causal depthwise conv1d + SiLU, mamba1d_impl.h the fused channel-last
- * scan of Mamba-1's mixer.
+ * scan of Mamba-1's mixer, rms_norm_impl.h the RMSNorm of the Mamba blocks.
  */
 #include <math.h>
 #include <stdint.h>
@@ -184,6 +184,7 @@ static void *scratch_alloc(size_t bytes) {
 #include "ss2d_impl.h"
 #include "causal_conv_impl.h"
 #include "mamba1d_impl.h"
+#include "rms_norm_impl.h"
 #undef REAL
 #undef VEC
 #undef VEXP
@@ -213,3 +214,4 @@ static void *scratch_alloc(size_t bytes) {
 #include "ss2d_impl.h"
 #include "causal_conv_impl.h"
 #include "mamba1d_impl.h"
+#include "rms_norm_impl.h"
