@@ -1,9 +1,8 @@
-"""The fused CPU RMSNorm (climp.ops.rms_norm) against its formula in PyTorch ops, and the models'
-RMSNorm and in_proj halves on the fused path."""
+"""The fused CPU RMSNorm (climp.ops.rms_norm) against its formula, and the models' RMSNorm on it."""
 import pytest
 import torch
 
-from climp.models.mamba import MambaMixer, RMSNorm
+from climp.models.mamba import RMSNorm
 from climp.ops import cpu_kernel_available, double_backward_mode, fused_rms_norm_available, rms_norm
 from climp.ops.rms_norm import rms_norm_op, rms_norm_reference
 
@@ -117,14 +116,3 @@ def test_module_runs_the_fused_op_and_keeps_its_state_dict():
     x = torch.randn(2, 3, 33)
     torch.testing.assert_close(norm(x), formula(x, norm.weight, 1e-6))
 
-
-def test_mixer_in_proj_halves_match_one_projection():
-    torch.manual_seed(4)
-    mixer = MambaMixer(16, d_state=4, bias=True)
-    hidden = torch.randn(2, 5, 16)
-    x, z = mixer.in_proj_halves(hidden)
-    want_x, want_z = mixer.in_proj(hidden).chunk(2, dim=-1)
-    torch.testing.assert_close(x, want_x)
-    torch.testing.assert_close(z, want_z)
-    assert [name for name, _ in mixer.in_proj.named_parameters()] == ["weight", "bias"]
-    assert mixer.in_proj.weight.shape == (2 * mixer.d_inner, 16)

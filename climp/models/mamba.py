@@ -12,11 +12,11 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from climp.ops import causal_conv1d_silu, fused_mamba1d_available, mamba1d_scan, rms_norm, selective_scan
+from climp.ops import (causal_conv1d_silu, fused_mamba1d_available, linear_halves, mamba1d_scan, rms_norm,
+                       selective_scan)
 
 from ..config_mixin import FromDict
 
@@ -170,12 +170,9 @@ class MambaMixer(nn.Module):
         return self.out_proj(y)
 
     def in_proj_halves(self, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """in_proj's x and z halves (B, L, d_inner) each, as two products with the halves of its
-        weight: their gradients then reach the weight and `hidden` separately, never
-        concatenated into one (B, L, 2 * d_inner) gradient as a split output's backward would."""
-        weights = self.in_proj.weight.split(self.d_inner)
-        biases = (None, None) if self.in_proj.bias is None else self.in_proj.bias.split(self.d_inner)
-        return F.linear(hidden, weights[0], biases[0]), F.linear(hidden, weights[1], biases[1])
+        """in_proj's x and z halves (B, L, d_inner) each: one product, whose backward takes the
+        halves' gradients separately (`linear_halves`) instead of concatenating them first."""
+        return linear_halves(hidden, self.in_proj.weight, self.in_proj.bias)
 
     def forward_unfused(self, hidden: torch.Tensor) -> torch.Tensor:
         """The channel-first path with the `scan_backend` selective scan (the reference)."""

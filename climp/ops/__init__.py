@@ -9,6 +9,7 @@ from .selective_scan import BACKENDS, double_backward_mode, resolve_backend, sel
 from .fused_ss2d import fused_ss2d_available, ss2d, ss2d_reference
 from .fused_mamba1d import fused_mamba1d_available, mamba1d_scan, mamba1d_scan_reference
 from .rms_norm import fused_rms_norm_available, rms_norm, rms_norm_reference
+from .split_linear import linear_halves
 from .ssd import ssd_chunk_scan
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "fused_mamba1d_available",
     "fused_rms_norm_available",
     "fused_ss2d_available",
+    "linear_halves",
     "mamba1d_scan",
     "mamba1d_scan_reference",
     "resolve_backend",
