@@ -42,6 +42,7 @@ static inline REAL FN(rms_dot)(const REAL *a, const REAL *b, int64_t n) {
 
 void FN(rms_norm_fwd)(const REAL *x, const REAL *weight, REAL *y, REAL *rstd, int64_t rows, int64_t width,
                       double eps, int nthreads) {
+    advise_huge_pages(y, (size_t)(rows * width) * sizeof(REAL));
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t begin, end;
@@ -62,6 +63,7 @@ void FN(rms_norm_fwd)(const REAL *x, const REAL *weight, REAL *y, REAL *rstd, in
 void FN(rms_norm_bwd)(const REAL *x, const REAL *weight, const REAL *rstd, const REAL *dy, REAL *dx, REAL *dweight,
                       int64_t rows, int64_t width, int nthreads) {
     REAL *partials = scratch_alloc((size_t)nthreads * width * sizeof(REAL));
+    advise_huge_pages(dx, (size_t)(rows * width) * sizeof(REAL));
 #pragma omp parallel num_threads(nthreads)
     {
         REAL *restrict g = scratch_alloc(width * sizeof(REAL));
