@@ -26,7 +26,7 @@ from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "causal_conv_impl.h",
-           "parallel.h", "mamba1d_impl.h")
+           "parallel.h", "mamba1d_impl.h", "dwconv2d_impl.h")
 # The translation units among SOURCES (the rest are headers they include).
 C_SOURCES = tuple(name for name in SOURCES if name.endswith(".c"))
 BASE_FLAGS = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
@@ -160,6 +160,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         m1d_bwd = getattr(lib, f"mamba1d_bwd_{suffix}")
         m1d_bwd.argtypes = ([ptr, i64, i64] * 3 + [ptr] * 4 + [i32] + [ptr] * 8 + [i64] * 5 + [i32])
         m1d_bwd.restype = None
+        dw_fwd = getattr(lib, f"dwconv2d_silu_fwd_{suffix}")
+        dw_fwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 6 + [i32]
+        dw_fwd.restype = None
+        dw_bwd = getattr(lib, f"dwconv2d_silu_bwd_{suffix}")
+        dw_bwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 3 + [ptr] * 3 + [i64] * 6 + [i32]
+        dw_bwd.restype = None
 
 
 def build_cpu_kernel() -> Path:
