@@ -94,12 +94,12 @@ def dwconv2d_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], grad: T
         *gc.stride()[:3], dx.data_ptr(), dw.data_ptr(), None if dbias is None else dbias.data_ptr(),
         batch, height, width, dim, weight.shape[2], weight.shape[3], _threads(x))
     return [dx.to(x.dtype), dw.t().reshape(weight.shape).to(weight.dtype),
-            torch.empty(0) if bias is None else dbias.to(bias.dtype)]
+            weight.new_empty(0) if bias is None else dbias.to(bias.dtype)]
 
 
 @dwconv2d_backward.register_fake
 def _dwconv2d_backward_fake(x, weight, bias, grad):
-    return [x.new_empty(x.shape), torch.empty_like(weight), x.new_empty(0) if bias is None else torch.empty_like(bias)]
+    return [x.new_empty(x.shape), torch.empty_like(weight), weight.new_empty(0) if bias is None else torch.empty_like(bias)]
 
 
 def _setup_context(ctx, inputs, output) -> None:
