@@ -75,7 +75,9 @@ DW_INLINE DVEC FN(dw_taps_dot)(DVEC acc, const REAL *xp, int64_t si, int64_t sj,
                                int64_t kw, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int count) {
     for (int64_t i = 0; i < kh; ++i) {
         if (i < i0 || i >= i1) continue;
-        for (int64_t j = j0; j < j1; ++j) acc += v[i * kw + j] * FN(dw_load)(xp + i * si + j * sj, count);
+        DVEC row = {0}; /* a sum per tap row: shorter dependency chains */
+        for (int64_t j = j0; j < j1; ++j) row += v[i * kw + j] * FN(dw_load)(xp + i * si + j * sj, count);
+        acc += row;
     }
     return acc;
 }
@@ -179,8 +181,11 @@ DW_INLINE void FN(dw_dpre_block)(DVEC *const *xrows, const DVEC *grow, const REA
     DVEC bv = bias ? FN(dw_load)(bias + c0, count) : (DVEC){0};
     for (int64_t col = 0; col < width; ++col) {
         DVEC pre = bv;
-        for (int64_t i = 0; i < kh; ++i)
-            for (int64_t j = 0; j < kw; ++j) pre += wv[i * kw + j] * xrows[i][(col + j) * nblocks + blk];
+        for (int64_t i = 0; i < kh; ++i) {
+            DVEC row = {0}; /* a sum per tap row: shorter dependency chains */
+            for (int64_t j = 0; j < kw; ++j) row += wv[i * kw + j] * xrows[i][(col + j) * nblocks + blk];
+            pre += row;
+        }
         DVEC sig = DSIGMOID(pre);
         dslot[(col + pw) * nblocks + blk] = grow[col * nblocks + blk] * sig * (1 + pre * (1 - sig));
     }
@@ -206,8 +211,11 @@ DW_INLINE void FN(dw_dx_block)(DVEC *const *drows, const REAL *w, REAL *dxrow, i
     FN(dw_weights)(w, dim, kh * kw, c0, count, wv);
     for (int64_t col = 0; col < width; ++col) {
         DVEC acc = {0};
-        for (int64_t i = 0; i < kh; ++i)
-            for (int64_t j = 0; j < kw; ++j) acc += wv[i * kw + j] * drows[i][(col + kw - 1 - j) * nblocks + blk];
+        for (int64_t i = 0; i < kh; ++i) {
+            DVEC row = {0};
+            for (int64_t j = 0; j < kw; ++j) row += wv[i * kw + j] * drows[i][(col + kw - 1 - j) * nblocks + blk];
+            acc += row;
+        }
         FN(dw_store)(dxrow + col * dim, acc, count);
     }
 }
