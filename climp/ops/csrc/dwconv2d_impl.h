@@ -10,10 +10,10 @@
  * Vector lane = channel (contiguous in channel-last), blocks of DLANES channels; a work item is
  * one output row of one batch element, items split into contiguous ranges over threads.
  * The backward recomputes pre and keeps dpre = dout * silu'(pre) for the kh rows an output row of
- * dx reads in a per-thread ring of rows (a thread's first rows recompute the kh / 2 rows above
- * them, owned by the thread before). Each thread sums dw and dbias over the rows it owns, in
- * order, into its own partial; the partials are added in thread order (parallel.h): the same
- * bits for the same inputs and thread count.
+ * dx reads in a per-thread ring of rows (a thread also computes the dpre of the kh / 2 rows on
+ * either side of its range, owned by its neighbours). Each thread sums dw and dbias over the rows
+ * it owns, in order, into its own partial; the partials are added in thread order (parallel.h):
+ * the same bits for the same inputs and thread count.
  */
 
 /* float32 runs 16 lanes (512 bits) where AVX-512 is available, float64 the 8 doubles of VEC. */
