@@ -1,8 +1,9 @@
 """VMamba image tower (VMamba v2 layout): SS2D mixers in VSS blocks over a 4-stage pyramid.
 
 Feature maps are channel-last (batch, H, W, channels) throughout, as VMamba's
-non-channel-first path; SS2D's depthwise conv runs on a channel-first view of them
-(channels_last memory format) and the four-direction scan takes them as they are. Module and
+non-channel-first path; SS2D's depthwise conv + SiLU and its four-direction scan take them as
+they are (fused CPU ops with scan_backend "auto"; with a named backend the conv runs as
+nn.Conv2d on a channel-first view, channels_last memory format). Module and
 parameter names follow VMamba's state dict, so its checkpoints load after
 `vmamba_checkpoint_to_tower`.
 """
@@ -19,7 +20,7 @@ from open_clip.transformer import AttentionalPooler
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from climp.ops import ss2d
+from climp.ops import dwconv2d_silu, fused_ss2d_available, ss2d
 from ..config_mixin import FromDict
 from .freeze import Groups, LockableTower, block_groups
 from .mamba import at_least_float32, mamba_init_
@@ -219,11 +220,16 @@ class SS2D(nn.Module):
         xz = self.in_proj(x)
         if self.gated:
             xz, z = xz.chunk(2, dim=-1)
-        if self.conv2d is not None:
-            # A channel-last map viewed as (batch, d_inner, H, W): the conv runs in channels_last
-            # memory format and its output permuted back is channel-last without a copy.
-            xz = self.conv2d(xz.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        y = self.out_norm(self.scan_2d(self.act(xz)))
+        if self.conv2d is not None and fused_ss2d_available(xz, self.scan_backend):
+            # the fused channel-last conv + SiLU (reads the x half of xz as the strided view it is)
+            xz = dwconv2d_silu(xz, self.conv2d.weight, self.conv2d.bias)
+        else:
+            if self.conv2d is not None:
+                # A channel-last map viewed as (batch, d_inner, H, W): the conv runs in channels_last
+                # memory format and its output permuted back is channel-last without a copy.
+                xz = self.conv2d(xz.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            xz = self.act(xz)
+        y = self.out_norm(self.scan_2d(xz))
         if self.gated:
             y = y * F.silu(z)
         return self.dropout(self.out_proj(y))

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("selective_scan.c", "selective_scan_impl.h", "selective_scan_state1.h", "ss2d_impl.h", "causal_conv_impl.h",
-           "parallel.h", "mamba1d_impl.h",
+           "parallel.h", "mamba1d_impl.h", "dwconv2d_impl.h",
            "rms_norm_impl.h")
 # The translation units among SOURCES (the rest are headers they include).
 C_SOURCES = tuple(name for name in SOURCES if name.endswith(".c"))
@@ -167,6 +167,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         rms_bwd = getattr(lib, f"rms_norm_bwd_{suffix}")
         rms_bwd.argtypes = [ptr] * 6 + [i64] * 2 + [i32]
         rms_bwd.restype = None
+        dw_fwd = getattr(lib, f"dwconv2d_silu_fwd_{suffix}")
+        dw_fwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 6 + [i32]
+        dw_fwd.restype = None
+        dw_bwd = getattr(lib, f"dwconv2d_silu_bwd_{suffix}")
+        dw_bwd.argtypes = [ptr] + [i64] * 3 + [ptr] * 3 + [i64] * 3 + [ptr] * 3 + [i64] * 6 + [i32]
+        dw_bwd.restype = None
 
 
 def build_cpu_kernel() -> Path:

@@ -13,7 +13,8 @@
  * gradient (both NULL when unused).
  * ss2d_impl.h adds VMamba's fused four-direction scan (SS2D) on the same helpers, and
  * causal_conv_impl.h Mamba-1's causal depthwise conv1d + SiLU, mamba1d_impl.h the fused channel-last
- * scan of Mamba-1's mixer, rms_norm_impl.h the RMSNorm of the Mamba blocks.
+ * scan of Mamba-1's mixer, dwconv2d_impl.h SS2D's channel-last depthwise conv2d + SiLU,
+ * rms_norm_impl.h the RMSNorm of the Mamba blocks.
  */
 #include <math.h>
 #include <stdint.h>
@@ -183,6 +184,7 @@ static void *scratch_alloc(size_t bytes) {
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
 #include "causal_conv_impl.h"
+#include "dwconv2d_impl.h"
 #include "mamba1d_impl.h"
 #include "rms_norm_impl.h"
 #undef REAL
@@ -213,5 +215,6 @@ static void *scratch_alloc(size_t bytes) {
 #include "selective_scan_impl.h"
 #include "ss2d_impl.h"
 #include "causal_conv_impl.h"
+#include "dwconv2d_impl.h"
 #include "mamba1d_impl.h"
 #include "rms_norm_impl.h"
