@@ -202,24 +202,25 @@ static inline SVEC FN(ss2d_delta)(const SVEC *w, SVEC bias, const REAL *x, int64
     return acc;
 }
 
-/* One direction of one block forward: out (+)= C.h + D u along the traversal (N: nstate, a
- * compile-time 1 for VMamba's default). */
-static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k, FN(ss2d_dir_t) d, const REAL *u,
-                                                                  const REAL *xdbl, REAL *out, int64_t dim,
-                                                                  int64_t rank, int64_t nstate, int count,
-                                                                  const FN(ss2d_consts_t) *c, int softplus, SVEC *h) {
-    int64_t stride = 4 * (rank + 2 * nstate);
-    const SVEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate;
-    for (int64_t n = 0; n < N; ++n) h[n] = (SVEC){0};
+/* One direction of one block forward: out (+)= C.h + D u along the traversal (N: nstate, R: rank,
+ * compile-time constants on the dispatched paths, so the weights and states stay in registers). */
+static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int R, int k, FN(ss2d_dir_t) d,
+                                                                  const REAL *u, const REAL *xdbl, REAL *out,
+                                                                  int64_t dim, int count, const FN(ss2d_consts_t) *c,
+                                                                  int softplus) {
+    int64_t Q = R + 2 * N, stride = 4 * Q;
+    SVEC w[R], as[N], h[N], bias = c->bias[k], Dk = c->D[k];
+    for (int r = 0; r < R; ++r) w[r] = c->w[k * R + r];
+    for (int n = 0; n < N; ++n) as[n] = c->a_scaled[k * N + n], h[n] = (SVEC){0};
     for (int64_t o = 0; o < d.no; ++o)
         for (int64_t i = 0; i < d.ni; ++i) {
             int64_t p = d.p0 + o * d.so + i * d.si;
-            const REAL *x = xdbl + p * stride + k * (rank + 2 * nstate), *Bp = x + rank, *Cp = Bp + nstate;
+            const REAL *x = xdbl + p * stride + k * Q, *Bp = x + R, *Cp = Bp + N;
             SVEC uv = FN(ss2d_load)(u + p * dim, count);
-            SVEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank);
+            SVEC dt = FN(ss2d_delta)(w, bias, x, R);
             if (softplus) dt = SVSOFTPLUS(dt, NULL);
-            SVEC dtu = dt * uv, y = c->D[k] * uv;
-            for (int64_t n = 0; n < N; ++n) {
+            SVEC dtu = dt * uv, y = Dk * uv;
+            for (int n = 0; n < N; ++n) {
                 h[n] = SVEXP_SCALED(dt * as[n]) * h[n] + dtu * Bp[n];
                 y += h[n] * Cp[n];
             }
@@ -227,6 +228,18 @@ static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k,
             FN(ss2d_store)(op, k ? FN(ss2d_load)(op, count) + y : y, count);
         }
 }
+
+/* Calls CALL(R) with R the rank as a compile-time constant for the ranks VMamba's configs use
+ * (ceil(d_model / 16)), else with the runtime rank. */
+#define SS2D_RANK_DISPATCH(rank, CALL) \
+    switch (rank) {                    \
+        case 4: CALL(4); break;        \
+        case 6: CALL(6); break;        \
+        case 8: CALL(8); break;        \
+        case 12: CALL(12); break;      \
+        case 16: CALL(16); break;      \
+        default: CALL(rank); break;    \
+    }
 
 /* Largest per-thread vector accumulator of one batch element's dxdbl (see ss2d_bwd_dir). */
 #ifndef SS2D_VEC_ACC_BYTES
@@ -252,25 +265,24 @@ void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     SVEC *consts_mem;
     const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
     int64_t team = FN(ss2d_threads)(batch * nblocks, nthreads), chunk = FN(ss2d_fwd_chunk)(batch * nblocks, L, team);
-#pragma omp parallel num_threads(team)
-    {
-        SVEC *h = scratch_alloc(nstate * sizeof(SVEC));
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t item = 0; item < batch * nblocks; ++item) {
-            int64_t b = item / nblocks, first = (item % nblocks) * SLANES;
-            int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
-            const FN(ss2d_consts_t) *c = table + item % nblocks;
-            const REAL *ub = u + b * L * dim + first, *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
-            REAL *ob = out + b * L * dim + first;
-            for (int k = 0; k < 4; ++k) {
-                FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
-                if (nstate == 1)
-                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, c, softplus, h);
-                else
-                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, c, softplus, h);
-            }
+#pragma omp parallel for num_threads(team) schedule(dynamic, chunk)
+    for (int64_t item = 0; item < batch * nblocks; ++item) {
+        int64_t b = item / nblocks, first = (item % nblocks) * SLANES;
+        int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
+        const FN(ss2d_consts_t) *c = table + item % nblocks;
+        const REAL *ub = u + b * L * dim + first, *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
+        REAL *ob = out + b * L * dim + first;
+        for (int k = 0; k < 4; ++k) {
+            FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
+#define SS2D_FWD_STATE1(R) FN(ss2d_fwd_dir)(1, R, k, d, ub, xb, ob, dim, SLANES, c, softplus)
+            if (nstate == 1 && count == SLANES)
+                SS2D_RANK_DISPATCH(rank, SS2D_FWD_STATE1)
+            else if (nstate == 1)
+                FN(ss2d_fwd_dir)(1, rank, k, d, ub, xb, ob, dim, count, c, softplus);
+            else
+                FN(ss2d_fwd_dir)(nstate, rank, k, d, ub, xb, ob, dim, count, c, softplus);
+#undef SS2D_FWD_STATE1
         }
-        free(h);
     }
     free(consts_mem);
     free((void *)table);
@@ -359,6 +371,75 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
     for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
 }
 
+/* ss2d_bwd_dir for one state (VMamba's default), with the rank R and the channel count compile-
+ * time constants on the dispatched paths, so the weights and every running sum stay in registers.
+ * The recomputation stores h_{t-1} instead of e h_{t-1}, which leaves one multiply-add per step
+ * on the recurrence's critical path (as in the reverse: g_{t-1} = e_t g_t + dy_{t-1} C_{t-1}).
+ * Adds the block's parameter gradients for direction k into pk (dtw's R columns, A, bias, D). */
+static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir1)(
+    int R, int vacc, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
+    SVEC *dxv, int64_t dim, int count, const FN(ss2d_consts_t) *c, int softplus, FN(ss2d_scratch_t) *s, SVEC *pk) {
+    int64_t Q = R + 2, stride = 4 * Q, groups = (Q + SLANES - 1) / SLANES;
+    SVEC w[R], dw[R], bias = c->bias[k], Dk = c->D[k], as = c->a_scaled[k], a = c->a[k], h = {0};
+    for (int r = 0; r < R; ++r) w[r] = c->w[k * R + r], dw[r] = (SVEC){0};
+    SVEC *dts = s->dt, *sigs = s->sig, *es = s->e, *hs = s->w;
+    int64_t t = 0;
+    for (int64_t o = 0; o < d.no; ++o)
+        for (int64_t i = 0; i < d.ni; ++i, ++t) {
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * Q;
+            SVEC uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC dt = FN(ss2d_delta)(w, bias, x, R), sig = {0};
+            if (softplus) dt = SVSOFTPLUS(dt, &sig);
+            SVEC e = SVEXP_SCALED(dt * as);
+            dts[t] = dt, sigs[t] = sig, es[t] = e, hs[t] = h;
+            h = e * h + dt * uv * x[R];
+        }
+    SVEC carry = {0}, dA = {0}, dbias = {0}, dD = {0};
+    for (int64_t q = Q; q < groups * SLANES; ++q) s->sums[q] = (SVEC){0};
+    for (int64_t o = d.no - 1; o >= 0; --o)
+        for (int64_t i = d.ni - 1; i >= 0; --i) {
+            --t;
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * Q;
+            REAL Bv = x[R], Cv = x[R + 1];
+            SVEC dy = FN(ss2d_load)(dout + p * dim, count), uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC dt = dts[t], e = es[t], dtu = dt * uv, wn = e * hs[t];
+            SVEC g = dy * Cv + carry, q = g * wn, s1 = g * Bv;
+            carry = e * g;
+            SVEC gB = g * dtu, gC = dy * (wn + dtu * Bv); /* dB, dC (= dy h) before the channel sums */
+            dA += q * dt;
+            SVEC ddt = uv * s1 + q * a;
+            if (softplus) ddt *= sigs[t];
+            dbias += ddt;
+            dD += dy * uv;
+            for (int r = 0; r < R; ++r) dw[r] += ddt * x[r];
+            REAL *dup = du + p * dim;
+            SVEC g_u = dt * s1 + Dk * dy;
+            FN(ss2d_store)(dup, k ? FN(ss2d_load)(dup, count) + g_u : g_u, count);
+            if (vacc) {
+                SVEC *acc = dxv + p * stride + k * Q;
+                for (int r = 0; r < R; ++r) acc[r] += w[r] * ddt;
+                acc[R] += gB;
+                acc[R + 1] += gC;
+                continue;
+            }
+            for (int r = 0; r < R; ++r) s->sums[r] = w[r] * ddt;
+            s->sums[R] = gB;
+            s->sums[R + 1] = gC;
+            REAL *dxp = dx + p * stride + k * Q;
+            for (int64_t gq = 0; gq < groups; ++gq) {
+                SVEC tot = SLANE_SUMS(s->sums + gq * SLANES);
+                int64_t m = Q - gq * SLANES < SLANES ? Q - gq * SLANES : SLANES;
+                for (int64_t j = 0; j < m; ++j) dxp[gq * SLANES + j] += tot[j];
+            }
+        }
+    for (int r = 0; r < R; ++r) pk[r] += dw[r];
+    pk[R] += dA;
+    pk[R + 1] += dbias;
+    pk[R + 2] += dD;
+}
+
 /* One batch element's block, all four directions; adds the block's parameter gradients into the
  * thread's partial sums pv of this block: per direction, rank + nstate + 2 vectors (dtw's columns,
  * A's, bias, D; lane = channel). */
@@ -369,17 +450,26 @@ static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout
     int64_t P = rank + nstate + 2;
     for (int k = 0; k < 4; ++k) {
         FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
+        SVEC *pk = pv + k * P;
+#define SS2D_BWD_STATE1_VACC(R) \
+    FN(ss2d_bwd_dir1)(R, 1, k, d, u, xdbl, dout, du, dx, dxv, dim, SLANES, c, softplus, s, pk)
+#define SS2D_BWD_STATE1(R) FN(ss2d_bwd_dir1)(R, 0, k, d, u, xdbl, dout, du, dx, NULL, dim, SLANES, c, softplus, s, pk)
+        if (nstate == 1) {
+            if (count == SLANES && dxv)
+                SS2D_RANK_DISPATCH(rank, SS2D_BWD_STATE1_VACC)
+            else if (count == SLANES)
+                SS2D_RANK_DISPATCH(rank, SS2D_BWD_STATE1)
+            else
+                FN(ss2d_bwd_dir1)(rank, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, count, c, softplus, s, pk);
+            continue;
+        }
+#undef SS2D_BWD_STATE1_VACC
+#undef SS2D_BWD_STATE1
         for (int64_t r = 0; r < rank; ++r) s->dw[r] = (SVEC){0};
         for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (SVEC){0};
         s->dbias = s->dD = (SVEC){0};
-        if (nstate == 1 && dxv)
-            FN(ss2d_bwd_dir)(1, 1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
-        else if (nstate == 1)
-            FN(ss2d_bwd_dir)(1, 0, k, d, u, xdbl, dout, du, dx, NULL, dim, rank, 1, count, c, softplus, s);
-        else
-            FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c,
-                             softplus, s);
-        SVEC *pk = pv + k * P;
+        FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c, softplus,
+                         s);
         for (int64_t r = 0; r < rank; ++r) pk[r] += s->dw[r];
         for (int64_t n = 0; n < nstate; ++n) pk[rank + n] += s->dA[n];
         pk[rank + nstate] += s->dbias;
