@@ -22,6 +22,9 @@
  * sums the parameter gradients as vectors in the same lane layout, transposed into the (4, dim)
  * layouts once at the end: on small maps, where a block has only a few steps per direction,
  * neither costs a per-item pass over the block's channels lane by lane.
+ * With one state (VMamba's default) and the ranks VMamba uses, the rank is a compile-time constant
+ * (SS2D_RANK_DISPATCH), so the weights and running sums stay in registers. The backward gathers a
+ * block's channels of u, dout and du into contiguous vectors once for its four directions.
  */
 
 /* The vector: float32 runs 16 lanes (512 bits) where AVX-512 is available, twice the plain
