@@ -508,7 +508,7 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     /* per thread, the parameter gradients' partial sums: per block and direction, P vectors */
     int64_t P = rank + nstate + 2, pv_size = nblocks * 4 * P;
     advise_huge_pages(du, (size_t)(batch * L * dim) * sizeof(REAL));
-    memset(dxdbl, 0, x_size * sizeof(REAL));
+    if (!vec_acc) memset(dxdbl, 0, x_size * sizeof(REAL)); /* else each batch element's lane sums write it */
     SVEC *consts_mem;
     const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
     SVEC *pvs = scratch_alloc(team * pv_size * sizeof(SVEC));
