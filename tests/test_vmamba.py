@@ -10,6 +10,7 @@ from climp.models.vmamba import (
     SS2D,
     VMambaConfig,
     VMambaVisionTower,
+    spatial_max,
     vmamba_checkpoint_to_tower,
 )
 from climp.models.factory import get_model_config
@@ -277,6 +278,21 @@ def test_pyramid_grid_pool_maxes_over_the_training_grid():
     for m in normed:  # maps 16, 8, 4, 2 wide at 64 px; 8, 4, 2, 1 at 32 px
         expected.append(F.avg_pool2d(m.permute(0, 3, 1, 2), 2).flatten(2).max(dim=2).values)
     torch.testing.assert_close(pooled, torch.cat(expected, dim=-1))
+
+
+def test_spatial_max_matches_amax_and_routes_a_tied_gradient_to_one_maximum():
+    """The pyramid pools' maximum over locations: amax's value and, where the maximum is unique,
+    its gradient; on a tie the whole gradient goes to one of the tied maxima."""
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 5, dtype=torch.float64)
+    (got,) = torch.autograd.grad(spatial_max(x), x, grad)
+    (want,) = torch.autograd.grad(x.amax(dim=(2, 3)), x, grad)
+    torch.testing.assert_close(spatial_max(x), x.amax(dim=(2, 3)))
+    torch.testing.assert_close(got, want)
+    tied = torch.zeros(1, 2, 3, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(spatial_max(tied), tied, torch.tensor([[2.0, 3.0]]))
+    assert g.flatten(2).count_nonzero(dim=2).tolist() == [[1, 1]]
+    torch.testing.assert_close(g.sum(dim=(2, 3)), torch.tensor([[2.0, 3.0]]))
 
 
 def test_pool_options_are_validated():

@@ -405,16 +405,25 @@ class VMambaVisionTower(LockableTower, nn.Module):
         """One stage's normed map (batch, H, W, C) -> (batch, C) by the pyramid pooling's reduction."""
         if self.cfg.pool == "pyramid_avg":
             return x.mean(dim=(1, 2))
+        grid = x.permute(0, 3, 1, 2)  # channel-first view of the channel-last map (no copy)
         if self.cfg.pool == "pyramid_grid":
             stride = self.cfg.patch_size * 2 ** stage
             height, width = (max(1, s // stride) for s in self.cfg.image_hw)
             if x.shape[1] > height or x.shape[2] > width:
-                grid = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), (min(height, x.shape[1]), min(width, x.shape[2])))
-                return grid.amax(dim=(2, 3))
-        return x.amax(dim=(1, 2))
+                grid = F.adaptive_avg_pool2d(grid, (min(height, x.shape[1]), min(width, x.shape[2])))
+        return spatial_max(grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))
+
+
+def spatial_max(x: torch.Tensor) -> torch.Tensor:
+    """(batch, C, H, W) -> (batch, C): the maximum over locations, as a global max pooling.
+
+    Its backward routes each channel's gradient to one maximal location by index (a subgradient
+    of the maximum, equal to amax's wherever the maximum is unique), where amax's backward
+    spreads it over ties with several passes over the whole map."""
+    return F.adaptive_max_pool2d(x, 1).flatten(1)
 
 
 def linear_drop_path_rates(max_rate: float, num_blocks: int) -> List[float]:

@@ -22,6 +22,9 @@
  * sums the parameter gradients as vectors in the same lane layout, transposed into the (4, dim)
  * layouts once at the end: on small maps, where a block has only a few steps per direction,
  * neither costs a per-item pass over the block's channels lane by lane.
+ * With one state (VMamba's default) and the ranks VMamba uses, the rank is a compile-time constant
+ * (SS2D_RANK_DISPATCH), so the weights and running sums stay in registers. The backward gathers a
+ * block's channels of u, dout and du into contiguous vectors once for its four directions.
  */
 
 /* The vector: float32 runs 16 lanes (512 bits) where AVX-512 is available, twice the plain
@@ -42,7 +45,7 @@ static inline ss2d_v16 ss2d_min16(ss2d_v16 a, ss2d_v16 b) { return (ss2d_v16)_mm
 
 /* vexp2_inrange_f32 on 16 lanes: the 8-entry table repeated in both halves of a 16-entry permute
  * (whose index bit 3, the integer part's lowest bit, then selects the same entry). */
-static inline ss2d_v16 ss2d_exp2_inrange16(ss2d_v16 t) {
+static inline __attribute__((always_inline)) ss2d_v16 ss2d_exp2_inrange16(ss2d_v16 t) {
     const ss2d_v16 zero = {0}, magic = zero + 1572864.0f;
     const ss2d_u16 table = {EXP2_EIGHTHS_BITS, EXP2_EIGHTHS_BITS};
     ss2d_v16 shifted = t + magic;
@@ -53,13 +56,13 @@ static inline ss2d_v16 ss2d_exp2_inrange16(ss2d_v16 t) {
 }
 
 /* vexp2_f32 on 16 lanes. */
-static inline ss2d_v16 ss2d_exp2_16(ss2d_v16 x) {
+static inline __attribute__((always_inline)) ss2d_v16 ss2d_exp2_16(ss2d_v16 x) {
     const ss2d_v16 zero = {0};
     return ss2d_exp2_inrange16(ss2d_min16(ss2d_max16(x, zero - 125.0f), zero + 127.0f));
 }
 
 /* vsoftplus_f32 on 16 lanes (same polynomial, same sigmoid). */
-static inline ss2d_v16 ss2d_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
+static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
     const ss2d_v16 zero = {0};
     ss2d_v16 y = ss2d_exp2_inrange16(
         ss2d_max16((ss2d_v16)((ss2d_i16)x & 0x7fffffff) * -1.44269504088896341f, zero - 125.0f));
@@ -150,6 +153,23 @@ static inline void FN(ss2d_store)(REAL *p, SVEC v, int count) {
         for (int j = 0; j < count; ++j) p[j] = v[j];
 }
 
+/* A block's count channels of L pixels (row stride dim) as L vectors, and back. Every direction
+ * then reads and accumulates one contiguous buffer instead of one cache line per pixel at a
+ * power-of-two stride, whose lines share a few cache sets. */
+static void FN(ss2d_gather)(SVEC *dst, const REAL *src, int64_t L, int64_t dim, int count) {
+    if (count == SLANES)
+        for (int64_t p = 0; p < L; ++p) dst[p] = FN(ss2d_load)(src + p * dim, SLANES);
+    else
+        for (int64_t p = 0; p < L; ++p) dst[p] = FN(ss2d_load)(src + p * dim, count);
+}
+
+static void FN(ss2d_scatter)(REAL *dst, const SVEC *src, int64_t L, int64_t dim, int count) {
+    if (count == SLANES)
+        for (int64_t p = 0; p < L; ++p) FN(ss2d_store)(dst + p * dim, src[p], SLANES);
+    else
+        for (int64_t p = 0; p < L; ++p) FN(ss2d_store)(dst + p * dim, src[p], count);
+}
+
 /* Per-block, per-direction constants (lane = channel; 0 beyond the block). */
 typedef struct {
     SVEC *w;        /* [4][rank]: dtw column r of the block's channels */
@@ -202,24 +222,26 @@ static inline SVEC FN(ss2d_delta)(const SVEC *w, SVEC bias, const REAL *x, int64
     return acc;
 }
 
-/* One direction of one block forward: out (+)= C.h + D u along the traversal (N: nstate, a
- * compile-time 1 for VMamba's default). */
-static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k, FN(ss2d_dir_t) d, const REAL *u,
-                                                                  const REAL *xdbl, REAL *out, int64_t dim,
-                                                                  int64_t rank, int64_t nstate, int count,
-                                                                  const FN(ss2d_consts_t) *c, int softplus, SVEC *h) {
-    int64_t stride = 4 * (rank + 2 * nstate);
-    const SVEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate;
-    for (int64_t n = 0; n < N; ++n) h[n] = (SVEC){0};
+/* One direction of one block forward: out (+)= C.h + D u along the traversal (N: nstate, R: rank,
+ * compile-time constants on the dispatched paths, so the weights and states stay in registers;
+ * count: channels in the block, SLANES on the dispatched paths, so no partial loads). */
+static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int R, int k, FN(ss2d_dir_t) d,
+                                                                  const REAL *u, const REAL *xdbl, REAL *out,
+                                                                  int64_t dim, int count,
+                                                                  const FN(ss2d_consts_t) *c, int softplus) {
+    int64_t Q = R + 2 * N, stride = 4 * Q;
+    SVEC w[R], as[N], h[N], bias = c->bias[k], Dk = c->D[k];
+    for (int r = 0; r < R; ++r) w[r] = c->w[k * R + r];
+    for (int n = 0; n < N; ++n) as[n] = c->a_scaled[k * N + n], h[n] = (SVEC){0};
     for (int64_t o = 0; o < d.no; ++o)
         for (int64_t i = 0; i < d.ni; ++i) {
             int64_t p = d.p0 + o * d.so + i * d.si;
-            const REAL *x = xdbl + p * stride + k * (rank + 2 * nstate), *Bp = x + rank, *Cp = Bp + nstate;
+            const REAL *x = xdbl + p * stride + k * Q, *Bp = x + R, *Cp = Bp + N;
             SVEC uv = FN(ss2d_load)(u + p * dim, count);
-            SVEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank);
+            SVEC dt = FN(ss2d_delta)(w, bias, x, R);
             if (softplus) dt = SVSOFTPLUS(dt, NULL);
-            SVEC dtu = dt * uv, y = c->D[k] * uv;
-            for (int64_t n = 0; n < N; ++n) {
+            SVEC dtu = dt * uv, y = Dk * uv;
+            for (int n = 0; n < N; ++n) {
                 h[n] = SVEXP_SCALED(dt * as[n]) * h[n] + dtu * Bp[n];
                 y += h[n] * Cp[n];
             }
@@ -227,6 +249,18 @@ static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int k,
             FN(ss2d_store)(op, k ? FN(ss2d_load)(op, count) + y : y, count);
         }
 }
+
+/* Calls CALL(R) with R the rank as a compile-time constant for the ranks VMamba's configs use
+ * (ceil(d_model / 16)), else with the runtime rank. */
+#define SS2D_RANK_DISPATCH(rank, CALL) \
+    switch (rank) {                    \
+        case 4: CALL(4); break;        \
+        case 6: CALL(6); break;        \
+        case 8: CALL(8); break;        \
+        case 12: CALL(12); break;      \
+        case 16: CALL(16); break;      \
+        default: CALL(rank); break;    \
+    }
 
 /* Largest per-thread vector accumulator of one batch element's dxdbl (see ss2d_bwd_dir). */
 #ifndef SS2D_VEC_ACC_BYTES
@@ -252,25 +286,23 @@ void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     SVEC *consts_mem;
     const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
     int64_t team = FN(ss2d_threads)(batch * nblocks, nthreads), chunk = FN(ss2d_fwd_chunk)(batch * nblocks, L, team);
-#pragma omp parallel num_threads(team)
-    {
-        SVEC *h = scratch_alloc(nstate * sizeof(SVEC));
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t item = 0; item < batch * nblocks; ++item) {
-            int64_t b = item / nblocks, first = (item % nblocks) * SLANES;
-            int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
-            const FN(ss2d_consts_t) *c = table + item % nblocks;
-            const REAL *ub = u + b * L * dim + first, *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
-            REAL *ob = out + b * L * dim + first;
-            for (int k = 0; k < 4; ++k) {
-                FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
-                if (nstate == 1)
-                    FN(ss2d_fwd_dir)(1, k, d, ub, xb, ob, dim, rank, 1, count, c, softplus, h);
-                else
-                    FN(ss2d_fwd_dir)(nstate, k, d, ub, xb, ob, dim, rank, nstate, count, c, softplus, h);
-            }
+#pragma omp parallel for num_threads(team) schedule(dynamic, chunk)
+    for (int64_t item = 0; item < batch * nblocks; ++item) {
+        int64_t b = item / nblocks, first = (item % nblocks) * SLANES;
+        int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
+        const FN(ss2d_consts_t) *c = table + item % nblocks;
+        const REAL *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
+        REAL *ob = out + b * L * dim + first;
+        const REAL *ub = u + b * L * dim + first;
+        for (int k = 0; k < 4; ++k) {
+            FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
+#define SS2D_FWD_STATE1(R) FN(ss2d_fwd_dir)(1, R, k, d, ub, xb, ob, dim, SLANES, c, softplus)
+            if (nstate == 1 && count == SLANES)
+                SS2D_RANK_DISPATCH(rank, SS2D_FWD_STATE1)
+            else
+                FN(ss2d_fwd_dir)(nstate, rank, k, d, ub, xb, ob, dim, count, c, softplus);
+#undef SS2D_FWD_STATE1
         }
-        free(h);
     }
     free(consts_mem);
     free((void *)table);
@@ -281,18 +313,18 @@ void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
 typedef struct {
     SVEC *dt, *sig, *e, *w;
     SVEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [SLANES * ceil(Q / SLANES)] */
+    SVEC *u, *dy, *du;    /* [L] each: the block's channels of u, dout and du (ss2d_gather) */
     SVEC dbias, dD;
 } FN(ss2d_scratch_t);
 
 /* One direction of one block backward: recompute the states forward, then run the adjoint in
- * reverse, writing du (+)= and adding the gradients of the dt input, B and C into dx (a batch
+ * reverse, writing s->du (+)= (u, dout and du are the block's gathered vectors in s) and adding the gradients of the dt input, B and C into dx (a batch
  * element's part of dxdbl's layout) summed over the block's channels, or, with vacc, into dxv
  * (same layout, one vector per entry) lane by lane, to be summed over lanes once after every
  * block of the batch element is done. */
 static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
-    int N, int vacc, int k, FN(ss2d_dir_t) d, const REAL *u, const REAL *xdbl, const REAL *dout, REAL *du, REAL *dx,
-    SVEC *dxv, int64_t dim, int64_t rank, int64_t nstate, int count, const FN(ss2d_consts_t) *c, int softplus,
-    FN(ss2d_scratch_t) *s) {
+    int N, int vacc, int k, FN(ss2d_dir_t) d, const REAL *xdbl, REAL *dx, SVEC *dxv, int64_t rank, int64_t nstate,
+    const FN(ss2d_consts_t) *c, int softplus, FN(ss2d_scratch_t) *s) {
     int64_t Q = rank + 2 * nstate, stride = 4 * Q, groups = (Q + SLANES - 1) / SLANES;
     const SVEC *w = c->w + k * rank, *as = c->a_scaled + k * nstate, *a = c->a + k * nstate;
     SVEC h[N];
@@ -302,7 +334,7 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
         for (int64_t i = 0; i < d.ni; ++i, ++t) {
             int64_t p = d.p0 + o * d.so + i * d.si;
             const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank;
-            SVEC uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC uv = s->u[p];
             SVEC dt = FN(ss2d_delta)(w, c->bias[k], x, rank), sig = {0};
             if (softplus) dt = SVSOFTPLUS(dt, &sig);
             s->dt[t] = dt;
@@ -325,7 +357,7 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
             const REAL *x = xdbl + p * stride + k * Q, *Bp = x + rank, *Cp = Bp + nstate;
             /* this step's gradients of the dt input, B and C, one vector each (lane = channel) */
             SVEC *acc = vacc ? dxv + p * stride + k * Q : s->sums;
-            SVEC dy = FN(ss2d_load)(dout + p * dim, count), uv = FN(ss2d_load)(u + p * dim, count);
+            SVEC dy = s->dy[p], uv = s->u[p];
             SVEC dt = s->dt[t], dtu = dt * uv, s1 = {0}, s2 = {0};
             for (int64_t n = 0; n < N; ++n) {
                 SVEC wn = s->w[t * N + n], g = dy * Cp[n] + carry[n], q = g * wn;
@@ -345,9 +377,8 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
                 s->dw[r] += ddt * x[r];
                 acc[r] = vacc ? acc[r] + w[r] * ddt : w[r] * ddt;
             }
-            REAL *dup = du + p * dim;
             SVEC g_u = dt * s1 + c->D[k] * dy;
-            FN(ss2d_store)(dup, k ? FN(ss2d_load)(dup, count) + g_u : g_u, count);
+            s->du[p] = k ? s->du[p] + g_u : g_u;
             if (vacc) continue;
             REAL *dxp = dx + p * stride + k * Q;
             for (int64_t gq = 0; gq < groups; ++gq) {
@@ -359,6 +390,74 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir)(
     for (int64_t n = 0; n < N; ++n) s->dA[n] = dA[n];
 }
 
+/* ss2d_bwd_dir for one state (VMamba's default), with the rank R a compile-time constant on the
+ * dispatched paths, so the weights and every running sum stay in registers.
+ * The recomputation stores h_{t-1} instead of e h_{t-1}, which leaves one multiply-add per step
+ * on the recurrence's critical path (as in the reverse: g_{t-1} = e_t g_t + dy_{t-1} C_{t-1}).
+ * Adds the block's parameter gradients for direction k into pk (dtw's R columns, A, bias, D). */
+static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir1)(
+    int R, int vacc, int k, FN(ss2d_dir_t) d, const REAL *xdbl, REAL *dx, SVEC *dxv, const FN(ss2d_consts_t) *c,
+    int softplus, FN(ss2d_scratch_t) *s, SVEC *pk) {
+    int64_t Q = R + 2, stride = 4 * Q, groups = (Q + SLANES - 1) / SLANES;
+    SVEC w[R], dw[R], bias = c->bias[k], Dk = c->D[k], as = c->a_scaled[k], a = c->a[k], h = {0};
+    for (int r = 0; r < R; ++r) w[r] = c->w[k * R + r], dw[r] = (SVEC){0};
+    SVEC *dts = s->dt, *sigs = s->sig, *es = s->e, *hs = s->w, *us = s->u, *dys = s->dy, *dus = s->du;
+    int64_t t = 0;
+    for (int64_t o = 0; o < d.no; ++o)
+        for (int64_t i = 0; i < d.ni; ++i, ++t) {
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * Q;
+            SVEC uv = us[p];
+            SVEC dt = FN(ss2d_delta)(w, bias, x, R), sig = {0};
+            if (softplus) dt = SVSOFTPLUS(dt, &sig);
+            SVEC e = SVEXP_SCALED(dt * as);
+            dts[t] = dt, sigs[t] = sig, es[t] = e, hs[t] = h;
+            h = e * h + dt * uv * x[R];
+        }
+    SVEC carry = {0}, dA = {0}, dbias = {0}, dD = {0};
+    for (int64_t q = Q; q < groups * SLANES; ++q) s->sums[q] = (SVEC){0};
+    for (int64_t o = d.no - 1; o >= 0; --o)
+        for (int64_t i = d.ni - 1; i >= 0; --i) {
+            --t;
+            int64_t p = d.p0 + o * d.so + i * d.si;
+            const REAL *x = xdbl + p * stride + k * Q;
+            REAL Bv = x[R], Cv = x[R + 1];
+            SVEC dy = dys[p], uv = us[p];
+            SVEC dt = dts[t], e = es[t], dtu = dt * uv, wn = e * hs[t];
+            SVEC g = dy * Cv + carry, q = g * wn, s1 = g * Bv;
+            carry = e * g;
+            SVEC gB = g * dtu, gC = dy * (wn + dtu * Bv); /* dB, dC (= dy h) before the channel sums */
+            dA += q * dt;
+            SVEC ddt = uv * s1 + q * a;
+            if (softplus) ddt *= sigs[t];
+            dbias += ddt;
+            dD += dy * uv;
+            for (int r = 0; r < R; ++r) dw[r] += ddt * x[r];
+            SVEC g_u = dt * s1 + Dk * dy;
+            dus[p] = k ? dus[p] + g_u : g_u;
+            if (vacc) {
+                SVEC *acc = dxv + p * stride + k * Q;
+                for (int r = 0; r < R; ++r) acc[r] += w[r] * ddt;
+                acc[R] += gB;
+                acc[R + 1] += gC;
+                continue;
+            }
+            for (int r = 0; r < R; ++r) s->sums[r] = w[r] * ddt;
+            s->sums[R] = gB;
+            s->sums[R + 1] = gC;
+            REAL *dxp = dx + p * stride + k * Q;
+            for (int64_t gq = 0; gq < groups; ++gq) {
+                SVEC tot = SLANE_SUMS(s->sums + gq * SLANES);
+                int64_t m = Q - gq * SLANES < SLANES ? Q - gq * SLANES : SLANES;
+                for (int64_t j = 0; j < m; ++j) dxp[gq * SLANES + j] += tot[j];
+            }
+        }
+    for (int r = 0; r < R; ++r) pk[r] += dw[r];
+    pk[R] += dA;
+    pk[R + 1] += dbias;
+    pk[R + 2] += dD;
+}
+
 /* One batch element's block, all four directions; adds the block's parameter gradients into the
  * thread's partial sums pv of this block: per direction, rank + nstate + 2 vectors (dtw's columns,
  * A's, bias, D; lane = channel). */
@@ -366,25 +465,33 @@ static void FN(ss2d_bwd_block)(const REAL *u, const REAL *xdbl, const REAL *dout
                                SVEC *dxv, int64_t height, int64_t width, int64_t dim, int64_t rank, int64_t nstate,
                                int count, const FN(ss2d_consts_t) *c, int softplus, FN(ss2d_scratch_t) *s,
                                SVEC *pv) {
-    int64_t P = rank + nstate + 2;
+    int64_t P = rank + nstate + 2, L = height * width;
+    FN(ss2d_gather)(s->u, u, L, dim, count);
+    FN(ss2d_gather)(s->dy, dout, L, dim, count);
     for (int k = 0; k < 4; ++k) {
         FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
+        SVEC *pk = pv + k * P;
+#define SS2D_BWD_STATE1_VACC(R) FN(ss2d_bwd_dir1)(R, 1, k, d, xdbl, dx, dxv, c, softplus, s, pk)
+#define SS2D_BWD_STATE1(R) FN(ss2d_bwd_dir1)(R, 0, k, d, xdbl, dx, NULL, c, softplus, s, pk)
+        if (nstate == 1) {
+            if (dxv)
+                SS2D_RANK_DISPATCH(rank, SS2D_BWD_STATE1_VACC)
+            else
+                SS2D_RANK_DISPATCH(rank, SS2D_BWD_STATE1)
+            continue;
+        }
+#undef SS2D_BWD_STATE1_VACC
+#undef SS2D_BWD_STATE1
         for (int64_t r = 0; r < rank; ++r) s->dw[r] = (SVEC){0};
         for (int64_t n = 0; n < nstate; ++n) s->dA[n] = (SVEC){0};
         s->dbias = s->dD = (SVEC){0};
-        if (nstate == 1 && dxv)
-            FN(ss2d_bwd_dir)(1, 1, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, 1, count, c, softplus, s);
-        else if (nstate == 1)
-            FN(ss2d_bwd_dir)(1, 0, k, d, u, xdbl, dout, du, dx, NULL, dim, rank, 1, count, c, softplus, s);
-        else
-            FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, u, xdbl, dout, du, dx, dxv, dim, rank, nstate, count, c,
-                             softplus, s);
-        SVEC *pk = pv + k * P;
+        FN(ss2d_bwd_dir)(nstate, dxv != NULL, k, d, xdbl, dx, dxv, rank, nstate, c, softplus, s);
         for (int64_t r = 0; r < rank; ++r) pk[r] += s->dw[r];
         for (int64_t n = 0; n < nstate; ++n) pk[rank + n] += s->dA[n];
         pk[rank + nstate] += s->dbias;
         pk[rank + nstate + 1] += s->dD;
     }
+    FN(ss2d_scatter)(du, s->du, L, dim, count);
 }
 
 void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *bias, const REAL *A,
@@ -401,7 +508,7 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     /* per thread, the parameter gradients' partial sums: per block and direction, P vectors */
     int64_t P = rank + nstate + 2, pv_size = nblocks * 4 * P;
     advise_huge_pages(du, (size_t)(batch * L * dim) * sizeof(REAL));
-    memset(dxdbl, 0, x_size * sizeof(REAL));
+    if (!vec_acc) memset(dxdbl, 0, x_size * sizeof(REAL)); /* else each batch element's lane sums write it */
     SVEC *consts_mem;
     const FN(ss2d_consts_t) *table = FN(ss2d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
     SVEC *pvs = scratch_alloc(team * pv_size * sizeof(SVEC));
@@ -415,10 +522,11 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
     {
         int tid = omp_get_thread_num();
         REAL *dx_acc = tid && partials ? partials + (tid - 1) * x_size : dxdbl;
-        SVEC *mem = scratch_alloc(((2 + 2 * nstate) * L + rank + nstate + groups * SLANES) * sizeof(SVEC));
+        SVEC *mem = scratch_alloc(((5 + 2 * nstate) * L + rank + nstate + groups * SLANES) * sizeof(SVEC));
         FN(ss2d_scratch_t) s;
         s.dt = mem, s.sig = s.dt + L, s.e = s.sig + L, s.w = s.e + nstate * L;
-        s.dw = s.w + nstate * L, s.dA = s.dw + rank, s.sums = s.dA + nstate;
+        s.u = s.w + nstate * L, s.dy = s.u + L, s.du = s.dy + L;
+        s.dw = s.du + L, s.dA = s.dw + rank, s.sums = s.dA + nstate;
         SVEC *pv = pvs + tid * pv_size;
         SVEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + SLANES) * sizeof(SVEC)) : NULL;
 #pragma omp for schedule(static) /* fixed item-to-thread map: deterministic partial sums (parallel.h) */
