@@ -55,6 +55,8 @@ CASES = [  # (batch, length, dim, rank, d_state, with_z)
     (3, 9, 16, 2, 16, True),  # two full blocks, d_state 16
     (2, 6, 11, 4, 1, False),  # no gate, odd dim
     (1, 5, 9, 5, 3, True),  # d_state not a power of two
+    (2, 9, 37, 3, 16, True),  # several 16-channel blocks and a partial one
+    (3, 12, 40, 2, 4, False),  # d_state 4 on several blocks, no gate
 ]
 
 
@@ -73,6 +75,22 @@ def test_fused_matches_sequential_reference(case, dtype):
     names = [n for n, t in zip(("u", "z", "xdbl", "dt_weight", "dt_bias", "A", "D"), inputs) if t is not None]
     for name, a, b in zip(names, grads, want_grads):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"d{name}: {m}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("state", [1, 16])
+def test_exp_arguments_beyond_range_match_the_reference(state):
+    """Channels whose delta * A leave the float32 exp's range (a decay below 2^-125) take the
+    clamped exps; the rest of the block and the other blocks are unaffected."""
+    inputs = make_inputs(2, 10, 40, 2, state, dtype=torch.float32, seed=4)
+    inputs[5][::3] *= 400.0  # A: every third channel decays at once
+    grad_out = torch.randn(2, 10, 40, generator=torch.Generator().manual_seed(6))
+    out, grads = values_and_grads(fused, inputs, grad_out)
+    wide = [t.double() for t in inputs]
+    want, want_grads = values_and_grads(reference, wide, grad_out.double())
+    torch.testing.assert_close(out, want.float(), rtol=2e-4, atol=2e-5)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b.float(), rtol=2e-4, atol=2e-4)
 
 
 @needs_kernel
