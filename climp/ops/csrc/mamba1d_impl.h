@@ -263,18 +263,19 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
         dD += dy * uv;
         FN(m1d_store)(du + t * dim, dt * s1 + c->D * dy, count);
     }
-    /* the dt projection's gradients, one low-rank column at a time */
-    MVEC dbias = {0};
-    for (int64_t t = len - 1; t >= 0; --t) dbias += s->ddt[t];
-    for (int64_t r = 0; r < rank; ++r) {
-        MVEC dw = {0}, wr = c->w[r];
-        for (int64_t t = len - 1; t >= 0; --t) {
-            MVEC ddt = s->ddt[t];
-            dw += ddt * xdbl[t * xst + r];
-            dxv[t * Q + r] += wr * ddt;
+    /* the dt projection's gradients */
+    MVEC dbias = {0}, dw[rank];
+    for (int64_t r = 0; r < rank; ++r) dw[r] = (MVEC){0};
+    for (int64_t t = len - 1; t >= 0; --t) {
+        const REAL *x = xdbl + t * xst;
+        MVEC ddt = s->ddt[t], *acc = dxv + t * Q;
+        dbias += ddt;
+        for (int64_t r = 0; r < rank; ++r) {
+            dw[r] += ddt * x[r];
+            acc[r] += c->w[r] * ddt;
         }
-        pv[r] += dw;
     }
+    for (int64_t r = 0; r < rank; ++r) pv[r] += dw[r];
     for (int64_t n = 0; n < N; ++n) pv[rank + n] += dA[n];
     pv[rank + N] += dbias;
     pv[rank + N + 1] += dD;
