@@ -137,6 +137,7 @@ static inline __attribute__((always_inline)) void FN(m1d_fwd_steps)(
         const REAL *Bp = xdbl + t * xst + rank, *Cp = Bp + N;
         MVEC uv = FN(m1d_load)(u + t * ust, count), dt = dts[t];
         MVEC dtu = dt * uv, y = c->D * uv;
+#pragma GCC unroll 16
         for (int64_t n = 0; n < N; ++n) {
             MVEC arg = dt * c->a_scaled[n];
             h[n] = (inrange ? MVEXP_INRANGE(arg) : MVEXP(arg)) * h[n] + dtu * Bp[n];
@@ -211,6 +212,7 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_states)(int N, int 
         const REAL *Bp = xdbl + t * xst + rank;
         MVEC dt = s->dt[t], dtu = dt * FN(m1d_load)(u + t * ust, count);
         MVEC *e = s->e + t * N, *w = s->w + t * N;
+#pragma GCC unroll 16
         for (int64_t n = 0; n < N; ++n) {
             MVEC arg = dt * c->a_scaled[n];
             e[n] = inrange ? MVEXP_INRANGE(arg) : MVEXP(arg);
