@@ -113,9 +113,12 @@ static inline MVEC FN(m1d_delta)(const FN(m1d_consts_t) *c, const REAL *x, int64
  * sig is given); returns whether every exp argument delta * A is in range (NaNs give NaN
  * results on either path). */
 static inline int FN(m1d_deltas)(const FN(m1d_consts_t) *c, const REAL *xdbl, int64_t xst, int64_t len, int64_t rank,
-                                 int softplus, MVEC *dt, MVEC *sig) {
+                                 int softplus, MVEC *dt, MVEC *sig, const REAL *u, int64_t ust, const REAL *z,
+                                 int64_t zst) {
     MVEC most = {0};
     for (int64_t t = 0; t < len; ++t) {
+        __builtin_prefetch(u + t * ust, 0, 2); /* the next pass's rows (z may be NULL) */
+        if (z) __builtin_prefetch(z + t * zst, 0, 2);
         MVEC d = FN(m1d_delta)(c, xdbl + t * xst, rank);
         if (softplus) d = MVSOFTPLUS(d, sig ? sig + t : NULL);
         dt[t] = d;
@@ -154,7 +157,7 @@ static inline __attribute__((always_inline)) void FN(m1d_fwd_steps)(
 static inline __attribute__((always_inline)) void FN(m1d_fwd_block)(
     int N, const REAL *u, int64_t ust, const REAL *z, int64_t zst, const REAL *xdbl, int64_t xst, REAL *out,
     int64_t len, int64_t dim, int64_t rank, int count, const FN(m1d_consts_t) *c, int softplus, MVEC *dts) {
-    if (FN(m1d_deltas)(c, xdbl, xst, len, rank, softplus, dts, NULL))
+    if (FN(m1d_deltas)(c, xdbl, xst, len, rank, softplus, dts, NULL, u, ust, z, zst))
         FN(m1d_fwd_steps)(N, 1, u, ust, z, zst, xdbl, xst, out, len, dim, rank, count, c, dts);
     else
         FN(m1d_fwd_steps)(N, 0, u, ust, z, zst, xdbl, xst, out, len, dim, rank, count, c, dts);
@@ -203,8 +206,9 @@ typedef struct {
 
 /* A block's states forward, keeping e and w per step (dt already in s). */
 static inline __attribute__((always_inline)) void FN(m1d_bwd_states)(int N, int inrange, const REAL *u, int64_t ust,
+                                                                    const REAL *z, int64_t zst, const REAL *dout,
                                                                     const REAL *xdbl, int64_t xst, int64_t len,
-                                                                    int64_t rank, int count,
+                                                                    int64_t dim, int64_t rank, int count,
                                                                     const FN(m1d_consts_t) *c, FN(m1d_scratch_t) *s) {
     MVEC h[N];
     for (int64_t n = 0; n < N; ++n) h[n] = (MVEC){0};
@@ -212,6 +216,8 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_states)(int N, int 
         const REAL *Bp = xdbl + t * xst + rank;
         MVEC dt = s->dt[t], dtu = dt * FN(m1d_load)(u + t * ust, count);
         MVEC *e = s->e + t * N, *w = s->w + t * N;
+        __builtin_prefetch(dout + t * dim, 0, 2); /* the reverse pass's rows, fetched while the exps run */
+        if (z) __builtin_prefetch(z + t * zst, 0, 2);
 #pragma GCC unroll 16
         for (int64_t n = 0; n < N; ++n) {
             MVEC arg = dt * c->a_scaled[n];
@@ -231,10 +237,10 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
     REAL *du, REAL *dz, MVEC *dxv, int64_t len, int64_t dim, int64_t rank, int count, const FN(m1d_consts_t) *c,
     int softplus, FN(m1d_scratch_t) *s, MVEC *pv) {
     int64_t Q = rank + 2 * N;
-    if (FN(m1d_deltas)(c, xdbl, xst, len, rank, softplus, s->dt, s->sig))
-        FN(m1d_bwd_states)(N, 1, u, ust, xdbl, xst, len, rank, count, c, s);
+    if (FN(m1d_deltas)(c, xdbl, xst, len, rank, softplus, s->dt, s->sig, u, ust, NULL, 0))
+        FN(m1d_bwd_states)(N, 1, u, ust, z, zst, dout, xdbl, xst, len, dim, rank, count, c, s);
     else
-        FN(m1d_bwd_states)(N, 0, u, ust, xdbl, xst, len, rank, count, c, s);
+        FN(m1d_bwd_states)(N, 0, u, ust, z, zst, dout, xdbl, xst, len, dim, rank, count, c, s);
     MVEC carry[N], dA[N], dD = {0};
     for (int64_t n = 0; n < N; ++n) carry[n] = dA[n] = (MVEC){0};
     for (int64_t t = len - 1; t >= 0; --t) {
