@@ -255,6 +255,7 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
             dy = g_out * zv * zsig;
         }
         MVEC dt = s->dt[t], dtu = dt * uv, s1 = {0}, s2 = {0}, pre = c->D * uv;
+#pragma GCC unroll 8
         for (int64_t n = 0; n < N; ++n) {
             MVEC ht = w[n] + dtu * Bp[n], g = dy * Cp[n] + carry[n], q = g * w[n];
             accB[n] += g * dtu;
