@@ -125,6 +125,28 @@ def test_bit_identical_gradients_twice_at_two_threads():
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch_below_the_thread_count_shares_blocks_between_threads(dtype):
+    """One batch element on two threads: its channel blocks are split between the threads, whose
+    private copies of the xdbl gradient are added in thread order (the same bits every time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs(1, 64, 128, 4, 16, dtype=dtype, seed=2)  # enough state updates for two threads
+        grad_out = torch.randn(1, 64, 128, dtype=dtype, generator=torch.Generator().manual_seed(7))
+        first = values_and_grads(fused, inputs, grad_out)
+        second = values_and_grads(fused, inputs, grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    want, want_grads = values_and_grads(reference, inputs, grad_out)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=5e-5)
+    torch.testing.assert_close(first[0], want, **tol)
+    for a, b, c in zip(first[1], second[1], want_grads):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, **tol)
+
+
+@needs_kernel
 def test_conv_channel_last_output_equals_channel_first():
     g = torch.Generator().manual_seed(2)
     xz = torch.randn(3, 10, 2 * 13, generator=g, dtype=torch.float64, requires_grad=True)

@@ -297,7 +297,17 @@ void FN(mamba1d_bwd)(const REAL *u, int64_t usb, int64_t ust, const REAL *z, int
                      int64_t nstate, int nthreads) {
     int64_t nblocks = (dim + MLANES - 1) / MLANES, Q = rank + 2 * nstate, xsize = len * Q;
     int64_t P = rank + nstate + 2, pv_size = nblocks * P; /* per thread: per block, P gradient vectors */
-    int team = FN(m1d_team)(batch, nthreads);
+    /* Work items are (batch element, block) pairs in that order, each thread taking a fixed range
+     * (parallel.h). With at least as many batch elements as threads the ranges are whole batch
+     * elements and each thread writes its elements' dxdbl; with fewer, a batch element's blocks
+     * are shared by threads, which write private copies of dxdbl added in thread order. */
+    int shared = batch < nthreads;
+    int team = FN(m1d_team)(shared ? batch * nblocks : batch, nthreads);
+    REAL *xparts = NULL;
+    if (shared && team > 1) {
+        xparts = scratch_alloc(team * batch * xsize * sizeof(REAL));
+        memset(xparts, 0, team * batch * xsize * sizeof(REAL));
+    }
     advise_huge_pages(du, (size_t)(batch * len * dim) * sizeof(REAL));
     MVEC *consts_mem;
     const FN(m1d_consts_t) *table = FN(m1d_consts_table)(dtw, bias, A, D, dim, rank, nstate, &consts_mem);
@@ -305,38 +315,48 @@ void FN(mamba1d_bwd)(const REAL *u, int64_t usb, int64_t ust, const REAL *z, int
     memset(pvs, 0, team * pv_size * sizeof(MVEC));
 #pragma omp parallel num_threads(team)
     {
+        int tid = omp_get_thread_num();
         MVEC *mem = scratch_alloc(((3 + 2 * nstate) * len + xsize + MLANES) * sizeof(MVEC));
         FN(m1d_scratch_t) s;
         s.dt = mem, s.sig = s.dt + len, s.ddt = s.sig + len, s.e = s.ddt + len, s.w = s.e + nstate * len;
-        MVEC *dxv = s.w + nstate * len, *pv = pvs + omp_get_thread_num() * pv_size;
+        MVEC *dxv = s.w + nstate * len, *pv = pvs + tid * pv_size;
         int64_t begin, end;
-        climp_thread_range(batch, &begin, &end); /* fixed batch-to-thread map (parallel.h) */
-        for (int64_t b = begin; b < end; ++b) {
-            memset(dxv, 0, (xsize + MLANES) * sizeof(MVEC));
-            for (int64_t j = 0; j < nblocks; ++j) {
-                int64_t first = j * MLANES, off = b * len * dim + first;
-                int count = dim - first < MLANES ? (int)(dim - first) : MLANES;
-                const REAL *ub = u + b * usb + first, *zb = z ? z + b * zsb + first : NULL, *xb = xdbl + b * xsb;
-                REAL *dzb = dz ? dz + off : NULL;
-                if (nstate == 16)
-                    FN(m1d_bwd_block)(16, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
-                                      count, table + j, softplus, &s, pv + j * P);
-                else if (nstate == 1)
-                    FN(m1d_bwd_block)(1, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
-                                      count, table + j, softplus, &s, pv + j * P);
-                else
-                    FN(m1d_bwd_block)(nstate, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim,
-                                      rank, count, table + j, softplus, &s, pv + j * P);
-            }
-            REAL *dxb = dxdbl + b * xsize;
-            for (int64_t i = 0; i < xsize; i += MLANES) { /* lane sums, MLANES entries at a time */
+        climp_thread_range(shared ? batch * nblocks : batch, &begin, &end);
+        if (!shared) begin *= nblocks, end *= nblocks;
+        for (int64_t item = begin; item < end; ++item) {
+            int64_t b = item / nblocks, j = item % nblocks;
+            if (item == begin || j == 0) memset(dxv, 0, (xsize + MLANES) * sizeof(MVEC));
+            int64_t first = j * MLANES, off = b * len * dim + first;
+            int count = dim - first < MLANES ? (int)(dim - first) : MLANES;
+            const REAL *ub = u + b * usb + first, *zb = z ? z + b * zsb + first : NULL, *xb = xdbl + b * xsb;
+            REAL *dzb = dz ? dz + off : NULL;
+            if (nstate == 16)
+                FN(m1d_bwd_block)(16, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
+                                  count, table + j, softplus, &s, pv + j * P);
+            else if (nstate == 1)
+                FN(m1d_bwd_block)(1, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank, count,
+                                  table + j, softplus, &s, pv + j * P);
+            else
+                FN(m1d_bwd_block)(nstate, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
+                                  count, table + j, softplus, &s, pv + j * P);
+            if (item + 1 < end && j + 1 < nblocks) continue;
+            /* the batch element's last block of this thread: lane sums, MLANES entries at a time */
+            REAL *dxb = (xparts ? xparts + (tid * batch) * xsize : dxdbl) + b * xsize;
+            for (int64_t i = 0; i < xsize; i += MLANES) {
                 MVEC tot = MLANE_SUMS(dxv + i);
                 int64_t m = xsize - i < MLANES ? xsize - i : MLANES;
                 memcpy(dxb + i, &tot, m * sizeof(REAL));
             }
         }
         free(mem);
+        if (xparts) { /* every thread's copy is complete after the barrier */
+#pragma omp barrier
+            int64_t lo, hi;
+            climp_thread_range(batch * xsize, &lo, &hi);
+            SUM_PARTIALS(dxdbl, xparts, team, batch * xsize, lo, hi, 0);
+        }
     }
+    free(xparts);
     /* the threads' partial sums, added in thread order */
     for (int64_t ch = 0; ch < dim; ++ch) {
         int64_t at = (ch / MLANES) * P, lane = ch % MLANES;
