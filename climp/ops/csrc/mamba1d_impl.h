@@ -16,12 +16,13 @@
  * channel. A block (one batch element's MLANES consecutive channels) first computes delta for
  * all its steps, then runs the recurrence: when every exp argument delta * A of the block is in
  * the exp's range, the exps skip their clamps. The blocks' constants are built once per call.
- * A forward work item is one block. The backward takes whole batch elements per item (a static
- * split over threads) and per block recomputes the states forward, keeping exp(delta A) and
- * exp(delta A) h_{t-1} per step, then runs the adjoint in reverse; the gradients of the dt input,
- * B and C, which sum over channels, accumulate lane-wise in a per-thread vector buffer summed over
- * lanes once per batch element. Parameter gradients are per-thread vector partial sums (lane =
- * channel) added in thread order (parallel.h): deterministic.
+ * A forward work item is one block. The backward splits the blocks over threads in fixed ranges
+ * (whole batch elements when there are at least as many as threads) and per block recomputes the
+ * states forward, keeping exp(delta A) and exp(delta A) h_{t-1} per step, then runs the adjoint in
+ * reverse; the gradients of the dt input, B and C, which sum over channels, accumulate lane-wise
+ * in a per-thread vector buffer summed over lanes once per batch element, and the dt projection's
+ * gradients follow in a pass of their own. Parameter gradients are per-thread vector partial sums
+ * (lane = channel) added in thread order (parallel.h): deterministic.
  */
 
 #if CLIMP_SS2D_FLOAT32 && defined(__AVX512F__)
