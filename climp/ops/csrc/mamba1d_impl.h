@@ -111,14 +111,15 @@ static inline MVEC FN(m1d_delta)(const FN(m1d_consts_t) *c, const REAL *x, int64
 }
 
 /* A block's delta (after softplus) at every step into dt[t] (and softplus' into sig[t] when
- * sig is given); returns whether every exp argument delta * A is in range (NaNs give NaN
- * results on either path). */
+ * sig is given), prefetching the block's rows of u and z (z may be NULL) for the next pass;
+ * returns whether every exp argument delta * A is in range (NaNs give NaN results on either
+ * path). */
 static inline int FN(m1d_deltas)(const FN(m1d_consts_t) *c, const REAL *xdbl, int64_t xst, int64_t len, int64_t rank,
                                  int softplus, MVEC *dt, MVEC *sig, const REAL *u, int64_t ust, const REAL *z,
                                  int64_t zst) {
     MVEC most = {0};
     for (int64_t t = 0; t < len; ++t) {
-        __builtin_prefetch(u + t * ust, 0, 2); /* the next pass's rows (z may be NULL) */
+        __builtin_prefetch(u + t * ust, 0, 2);
         if (z) __builtin_prefetch(z + t * zst, 0, 2);
         MVEC d = FN(m1d_delta)(c, xdbl + t * xst, rank);
         if (softplus) d = MVSOFTPLUS(d, sig ? sig + t : NULL);
@@ -155,6 +156,7 @@ static inline __attribute__((always_inline)) void FN(m1d_fwd_steps)(
     }
 }
 
+/* One block forward: its deltas, then the recurrence on the exp path they allow. */
 static inline __attribute__((always_inline)) void FN(m1d_fwd_block)(
     int N, const REAL *u, int64_t ust, const REAL *z, int64_t zst, const REAL *xdbl, int64_t xst, REAL *out,
     int64_t len, int64_t dim, int64_t rank, int count, const FN(m1d_consts_t) *c, int softplus, MVEC *dts) {
@@ -274,7 +276,7 @@ static inline __attribute__((always_inline)) void FN(m1d_bwd_block)(
         FN(m1d_store)(du + t * dim, dt * s1 + c->D * dy, count);
     }
     /* the dt projection's gradients */
-    MVEC dbias = {0}, dw[rank];
+    MVEC dbias = {0}, dw[rank > 0 ? rank : 1];
     for (int64_t r = 0; r < rank; ++r) dw[r] = (MVEC){0};
     for (int64_t t = len - 1; t >= 0; --t) {
         const REAL *x = xdbl + t * xst;
