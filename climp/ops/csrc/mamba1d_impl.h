@@ -326,24 +326,26 @@ void FN(mamba1d_bwd)(const REAL *u, int64_t usb, int64_t ust, const REAL *z, int
         int64_t begin, end;
         climp_thread_range(shared ? batch * nblocks : batch, &begin, &end);
         if (!shared) begin *= nblocks, end *= nblocks;
-        for (int64_t item = begin; item < end; ++item) {
-            int64_t b = item / nblocks, j = item % nblocks;
-            if (item == begin || j == 0) memset(dxv, 0, (xsize + MLANES) * sizeof(MVEC));
-            int64_t first = j * MLANES, off = b * len * dim + first;
-            int count = dim - first < MLANES ? (int)(dim - first) : MLANES;
-            const REAL *ub = u + b * usb + first, *zb = z ? z + b * zsb + first : NULL, *xb = xdbl + b * xsb;
-            REAL *dzb = dz ? dz + off : NULL;
-            if (nstate == 16)
-                FN(m1d_bwd_block)(16, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
-                                  count, table + j, softplus, &s, pv + j * P);
-            else if (nstate == 1)
-                FN(m1d_bwd_block)(1, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank, count,
-                                  table + j, softplus, &s, pv + j * P);
-            else
-                FN(m1d_bwd_block)(nstate, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
-                                  count, table + j, softplus, &s, pv + j * P);
-            if (item + 1 < end && j + 1 < nblocks) continue;
-            /* the batch element's last block of this thread: lane sums, MLANES entries at a time */
+        for (int64_t b = begin / nblocks; b * nblocks < end; ++b) {
+            int64_t j0 = b * nblocks < begin ? begin - b * nblocks : 0;
+            int64_t j1 = (b + 1) * nblocks > end ? end - b * nblocks : nblocks;
+            memset(dxv, 0, (xsize + MLANES) * sizeof(MVEC));
+            for (int64_t j = j0; j < j1; ++j) {
+                int64_t first = j * MLANES, off = b * len * dim + first;
+                int count = dim - first < MLANES ? (int)(dim - first) : MLANES;
+                const REAL *ub = u + b * usb + first, *zb = z ? z + b * zsb + first : NULL, *xb = xdbl + b * xsb;
+                REAL *dzb = dz ? dz + off : NULL;
+                if (nstate == 16)
+                    FN(m1d_bwd_block)(16, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
+                                      count, table + j, softplus, &s, pv + j * P);
+                else if (nstate == 1)
+                    FN(m1d_bwd_block)(1, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim, rank,
+                                      count, table + j, softplus, &s, pv + j * P);
+                else
+                    FN(m1d_bwd_block)(nstate, ub, ust, zb, zst, xb, xst, dout + off, du + off, dzb, dxv, len, dim,
+                                      rank, count, table + j, softplus, &s, pv + j * P);
+            }
+            /* this thread's part of the batch element: lane sums, MLANES entries at a time */
             REAL *dxb = (xparts ? xparts + (tid * batch) * xsize : dxdbl) + b * xsize;
             for (int64_t i = 0; i < xsize; i += MLANES) {
                 MVEC tot = MLANE_SUMS(dxv + i);
@@ -352,13 +354,8 @@ void FN(mamba1d_bwd)(const REAL *u, int64_t usb, int64_t ust, const REAL *z, int
             }
         }
         free(mem);
-        if (xparts) { /* every thread's copy is complete after the barrier */
-#pragma omp barrier
-            int64_t lo, hi;
-            climp_thread_range(batch * xsize, &lo, &hi);
-            SUM_PARTIALS(dxdbl, xparts, team, batch * xsize, lo, hi, 0);
-        }
     }
+    if (xparts) SUM_PARTIALS(dxdbl, xparts, team, batch * xsize, 0, batch * xsize, 0);
     free(xparts);
     /* the threads' partial sums, added in thread order */
     for (int64_t ch = 0; ch < dim; ++ch) {
