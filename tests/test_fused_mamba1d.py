@@ -55,6 +55,8 @@ CASES = [  # (batch, length, dim, rank, d_state, with_z)
     (3, 9, 16, 2, 16, True),  # two full blocks, d_state 16
     (2, 6, 11, 4, 1, False),  # no gate, odd dim
     (1, 5, 9, 5, 3, True),  # d_state not a power of two
+    (2, 9, 37, 3, 16, True),  # several 16-channel blocks and a partial one
+    (3, 12, 40, 2, 4, False),  # d_state 4 on several blocks, no gate
 ]
 
 
@@ -73,6 +75,22 @@ def test_fused_matches_sequential_reference(case, dtype):
     names = [n for n, t in zip(("u", "z", "xdbl", "dt_weight", "dt_bias", "A", "D"), inputs) if t is not None]
     for name, a, b in zip(names, grads, want_grads):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"d{name}: {m}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("state", [1, 16])
+def test_exp_arguments_beyond_range_match_the_reference(state):
+    """Channels whose delta * A leave the float32 exp's range (a decay below 2^-125) take the
+    clamped exps; the rest of the block and the other blocks are unaffected."""
+    inputs = make_inputs(2, 10, 40, 2, state, dtype=torch.float32, seed=4)
+    inputs[5][::3] *= 400.0  # A: every third channel decays at once
+    grad_out = torch.randn(2, 10, 40, generator=torch.Generator().manual_seed(6))
+    out, grads = values_and_grads(fused, inputs, grad_out)
+    wide = [t.double() for t in inputs]
+    want, want_grads = values_and_grads(reference, wide, grad_out.double())
+    torch.testing.assert_close(out, want.float(), rtol=2e-4, atol=2e-5)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b.float(), rtol=2e-4, atol=2e-4)
 
 
 @needs_kernel
@@ -104,6 +122,28 @@ def test_bit_identical_gradients_twice_at_two_threads():
     assert torch.equal(first[0], second[0])
     for a, b in zip(first[1], second[1]):
         assert torch.equal(a, b)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch_below_the_thread_count_shares_blocks_between_threads(dtype):
+    """One batch element on two threads: its channel blocks are split between the threads, whose
+    private copies of the xdbl gradient are added in thread order (the same bits every time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs(1, 64, 128, 4, 16, dtype=dtype, seed=2)  # enough state updates for two threads
+        grad_out = torch.randn(1, 64, 128, dtype=dtype, generator=torch.Generator().manual_seed(7))
+        first = values_and_grads(fused, inputs, grad_out)
+        second = values_and_grads(fused, inputs, grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    want, want_grads = values_and_grads(reference, inputs, grad_out)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=5e-5)
+    torch.testing.assert_close(first[0], want, **tol)
+    for a, b, c in zip(first[1], second[1], want_grads):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, **tol)
 
 
 @needs_kernel
