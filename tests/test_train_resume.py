@@ -37,6 +37,18 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path, accum_freq):
         assert torch.equal(value, full.ema.state_dict()[name]), name
 
 
+def test_worker_processes_do_not_change_training(tmp_path):
+    # the default job loads in one worker process; batches and augmentations are seeded per
+    # sample, so the run equals one that loads in the main process, across epoch boundaries
+    common = dict(steps=10, ema_decay=0.9)
+    in_process = Trainer(tiny_config(tmp_path, name="main", workers=0, **common), tiny_components(dropout=0.2))
+    in_process_losses = run_steps(in_process, 10)
+    with_workers = Trainer(tiny_config(tmp_path, name="workers", workers=1, **common), tiny_components(dropout=0.2))
+    assert run_steps(with_workers, 10) == in_process_losses  # bitwise equal floats
+    for name, value in with_workers.model.state_dict().items():
+        assert torch.equal(value, in_process.model.state_dict()[name]), name
+
+
 def test_weights_only_resume_differs(tmp_path):
     # The bitwise check can fail: restoring weights and data position but not the optimizer
     # and RNG state gives a different continuation.

@@ -159,7 +159,7 @@ def tiny_components(num_samples: int = 64, dropout: float = 0.0, loss: str = "cl
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
     values = dict(model="tiny-standin", steps=4, batch_size=8, lr=1e-2, warmup=1, log_every=1,
                   progress=False, device="cpu", output_dir=str(tmp_path), name="run",
-                  eval_samples=32, retrieval_samples=16)
+                  eval_samples=32, retrieval_samples=16, workers=0)  # collate hooks run in this process
     values.update(overrides)
     return TrainConfig.from_dict(values)
 
