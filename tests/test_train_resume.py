@@ -38,8 +38,8 @@ def test_resume_reproduces_uninterrupted_run_bitwise(tmp_path, accum_freq):
 
 
 def test_worker_processes_do_not_change_training(tmp_path):
-    # the default job loads in one worker process; batches and augmentations are seeded per
-    # sample, so the run equals one that loads in the main process, across epoch boundaries
+    # batches and augmentations are seeded per sample, so a run loading in a worker process
+    # equals one loading in the main process, across epoch boundaries
     common = dict(steps=10, ema_decay=0.9)
     in_process = Trainer(tiny_config(tmp_path, name="main", workers=0, **common), tiny_components(dropout=0.2))
     in_process_losses = run_steps(in_process, 10)
