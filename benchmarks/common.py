@@ -3,6 +3,7 @@ step timing and the JSON record. Scripts run from a checkout without installing 
 root is put on sys.path) and import climp before torch, so climp's OpenMP wait policy applies."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -43,6 +44,35 @@ def contrastive_step(model: torch.nn.Module, images: torch.Tensor, texts: torch.
         model.zero_grad(set_to_none=True)
 
     return step
+
+
+def add_clock_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads (PyTorch's intra-op threads) and --cpu-time (one thread's CPU time instead of wall
+    time, which other processes on a busy machine barely change)."""
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--cpu-time", action="store_true", help="time.process_time on one thread")
+
+
+def set_up_clock(args: argparse.Namespace) -> Callable[[], float]:
+    """Apply --threads / --cpu-time (which sets args.threads to 1); the clock to time with."""
+    if args.cpu_time:
+        args.threads = 1
+    torch.set_num_threads(args.threads)
+    return time.process_time if args.cpu_time else time.perf_counter
+
+
+def interleaved(steps: Dict[str, Callable[[], None]], rounds: int,
+                clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
+    """Seconds of each step in each of `rounds` interleaved rounds, after one warm-up call each."""
+    for step in steps.values():
+        step()
+    times: Dict[str, List[float]] = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            start = clock()
+            step()
+            times[key].append(clock() - start)
+    return times
 
 
 def timed(step: Callable[[], None], steps: int = 1) -> List[float]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from statistics import median
 from typing import Callable, Dict, List, Tuple
 
-from common import write_json
+from common import add_clock_arguments, interleaved, set_up_clock, write_json
 
 import torch
 import torch.nn.functional as F
@@ -77,17 +76,7 @@ def tower_steps(tower: torch.nn.Module, images: torch.Tensor) -> Dict[str, Calla
     return {"fused": step(fused_available), "nn.Conv2d": step(lambda u, backend="auto": False)}
 
 
-def interleaved(steps: Dict[str, Callable[[], None]], rounds: int, cpu_time: bool) -> Dict[str, float]:
-    """Median seconds of each step over interleaved rounds, after one warm-up call each."""
-    clock = time.process_time if cpu_time else time.perf_counter
-    for step in steps.values():
-        step()
-    times: Dict[str, List[float]] = {key: [] for key in steps}
-    for _ in range(rounds):
-        for key, step in steps.items():
-            start = clock()
-            step()
-            times[key].append(clock() - start)
+def medians(times: Dict[str, List[float]]) -> Dict[str, float]:
     return {key: median(values) for key, values in times.items()}
 
 
@@ -97,13 +86,10 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the whole tower (the op alone: 4x)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--cpu-time", action="store_true", help="time.process_time on one thread")
+    add_clock_arguments(parser)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.cpu_time:
-        args.threads = 1
-    torch.set_num_threads(args.threads)
+    clock = set_up_clock(args)
     import climp
 
     torch.manual_seed(0)
@@ -118,8 +104,8 @@ def main(argv=None) -> int:
     results: Dict[str, Dict[str, float]] = {}
     for shape in conv_shapes(tower, images):
         key = f"op fwd+bwd {tuple(shape)}"
-        results[key] = interleaved(op_steps(shape, cfg.d_conv, cfg.conv_bias), 4 * args.rounds, args.cpu_time)
-    results["image tower fwd+bwd"] = interleaved(tower_steps(tower, images), args.rounds, args.cpu_time)
+        results[key] = medians(interleaved(op_steps(shape, cfg.d_conv, cfg.conv_bias), 4 * args.rounds, clock))
+    results["image tower fwd+bwd"] = medians(interleaved(tower_steps(tower, images), args.rounds, clock))
     for key, r in results.items():
         print(f"| {key} | {r['fused'] * 1e3:.2f} ms | {r['nn.Conv2d'] * 1e3:.2f} ms | "
               f"{r['nn.Conv2d'] / r['fused']:.2f}x |", flush=True)

@@ -25,22 +25,19 @@ import contextlib
 import ctypes
 import io
 import math
-import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_clock_arguments, set_up_clock
 
-import climp  # noqa: E402,F401 - before torch (OMP_WAIT_POLICY)
-import torch  # noqa: E402
+import torch
 
-from climp.ops import cpu_build  # noqa: E402
+from climp.ops import cpu_build
 
 # (batch, H, W, d_inner, dt rank) of climp-tiny's four image stages at 64 px
 SS2D_SHAPES = [(64, 16, 16, 128, 4), (64, 8, 8, 128, 4), (64, 4, 4, 256, 8), (64, 2, 2, 512, 16)]
@@ -147,19 +144,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--op", choices=sorted(OPS), default="ss2d")
     parser.add_argument("--against", help="git revision whose kernel to compare with")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--cpu-time", action="store_true", help="time.process_time on one thread")
+    add_clock_arguments(parser)
     args = parser.parse_args(argv)
-    threads = 1 if args.cpu_time else args.threads
-    torch.set_num_threads(threads)
-    clock = time.process_time if args.cpu_time else time.perf_counter
+    clock = set_up_clock(args)
     shapes, make_calls, shape_names, u_dims = OPS[args.op]
     kernels: Dict[str, ctypes.CDLL] = {"this checkout": cpu_build.load_cpu_kernel()}
     with tempfile.TemporaryDirectory() as tmp:
         if args.against:
             kernels[args.against] = kernel_of_revision(args.against, Path(tmp))
         print(f"$ python benchmarks/kernel_ab.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-        print(f"{args.rounds} interleaved rounds, {threads} threads, {'CPU' if args.cpu_time else 'wall'} time, "
+        print(f"{args.rounds} interleaved rounds, {args.threads} threads, {'CPU' if args.cpu_time else 'wall'} time, "
               "median ms per call")
         names = list(kernels)
         header = " | ".join(f"{p} {n}" for p in ("fwd", "bwd") for n in names)

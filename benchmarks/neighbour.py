@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                 if neighbour:
                     neighbour.kill()
                     neighbour.wait()
-    print(f"| model | step alone (s) | step with one busy neighbour (s) | ratio |\n|---|---|---|---|")
+    print("| model | step alone (s) | step with one busy neighbour (s) | ratio |\n|---|---|---|---|")
     for name in MODELS:
         alone, busy = median(times[name]["alone"]), median(times[name]["neighbour"])
         print(f"| {name} | {alone:.3f} | {busy:.3f} | {busy / alone:.2f}x |")

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from statistics import median
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
-from common import random_batch, timed, write_json
+from common import add_clock_arguments, interleaved, random_batch, set_up_clock, write_json
 
 import torch
 
@@ -51,15 +50,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--text-length", type=int, default=77)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_clock_arguments(parser)
     parser.add_argument("--unfused-text", action="store_true",
                         help="add the first model's text tower with scan_backend 'cpu' (the unfused path)")
-    parser.add_argument("--cpu-time", action="store_true", help="time.process_time on one thread")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.cpu_time:
-        args.threads = 1
-    torch.set_num_threads(args.threads)
+    clock = set_up_clock(args)
     import climp
 
     torch.manual_seed(0)
@@ -78,17 +74,7 @@ def main(argv=None) -> int:
           f"{args.threads} threads, {'CPU' if args.cpu_time else 'wall'} time")
     steps = {key: tower_step(tower, x) for key, (tower, x) in towers.items()}
     flops = {key: forward_flops(tower, x) for key, (tower, x) in towers.items()}
-    for step in steps.values():
-        step()
-    times: Dict[str, List[float]] = {key: [] for key in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            if args.cpu_time:
-                start = time.process_time()
-                step()
-                times[key].append(time.process_time() - start)
-            else:
-                times[key] += timed(step)
+    times = interleaved(steps, args.rounds, clock)
     print("| tower | fwd+bwd (median) | forward GFLOPs / sample | training GFLOP/s |")
     print("|---|---|---|---|")
     results = {}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import cpu_kernel_available, kernel_function
+from .cpu_build import cpu_kernel_available, kernel_function, refuse_double_backward
 from .selective_scan import double_backward_enabled
 
 # Below this many output elements a call runs on one thread.
@@ -168,12 +168,7 @@ def _backward(ctx, grad):
 conv_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("the CPU causal conv's backward is not differentiable; for second derivatives "
-                       "run inside climp.ops.double_backward_mode()")
-
-
-conv_backward.register_autograd(_refuse_double_backward)
+refuse_double_backward(conv_backward, "the CPU causal conv")
 
 
 @register_flop_formula(torch.ops.climp.causal_conv1d_silu)

@@ -222,6 +222,17 @@ def kernel_function(name: str, dtype) -> ctypes._CFuncPtr:
     return getattr(load_cpu_kernel(), f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
 
 
+def refuse_double_backward(backward_op, what: str,
+                           alternative: str = "run inside climp.ops.double_backward_mode()") -> None:
+    """Register on a kernel's backward op an autograd that raises a clear error: the C kernels
+    compute first derivatives only. `what` names the op in the message, `alternative` the way out."""
+
+    def refuse(ctx, *grads):
+        raise RuntimeError(f"{what}'s backward is not differentiable; for second derivatives {alternative}")
+
+    backward_op.register_autograd(refuse)
+
+
 def _constant_for_compile(fn):
     import torch
 

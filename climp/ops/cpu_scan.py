@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import kernel_function
+from .cpu_build import kernel_function, refuse_double_backward
 
 # Below this many state updates a call runs on one thread: waking a team costs more than it saves.
 MIN_UPDATES_PER_THREAD = 1 << 16
@@ -157,14 +157,8 @@ def _backward(ctx, dout, dlast, _dpregate):
 scan_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "the 'cpu' selective scan's backward is not differentiable; for second derivatives "
-        "(Hessian-vector products) run inside climp.ops.double_backward_mode() or use backend='chunked'"
-    )
-
-
-scan_backward.register_autograd(_refuse_double_backward)
+refuse_double_backward(scan_backward, "the 'cpu' selective scan",
+                       "(Hessian-vector products) run inside climp.ops.double_backward_mode() or use backend='chunked'")
 
 
 @register_flop_formula(torch.ops.climp.selective_scan)

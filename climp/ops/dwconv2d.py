@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import cpu_kernel_available, kernel_function
+from .cpu_build import cpu_kernel_available, kernel_function, refuse_double_backward
 from .selective_scan import double_backward_enabled
 
 # Below this many output elements a call runs on one thread.
@@ -115,12 +115,7 @@ def _backward(ctx, grad):
 dwconv2d_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("the CPU depthwise conv2d's backward is not differentiable; for second derivatives "
-                       "run inside climp.ops.double_backward_mode()")
-
-
-dwconv2d_backward.register_autograd(_refuse_double_backward)
+refuse_double_backward(dwconv2d_backward, "the CPU depthwise conv2d")
 
 
 @register_flop_formula(torch.ops.climp.dwconv2d_silu)

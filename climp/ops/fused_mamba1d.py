@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .cpu_build import cpu_kernel_available, kernel_function
+from .cpu_build import cpu_kernel_available, kernel_function, refuse_double_backward
 from .cpu_scan import selective_scan_flops
 from .selective_scan import double_backward_enabled, selective_scan
 
@@ -172,12 +172,7 @@ def _backward(ctx, grad_out):
 mamba1d_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("the fused 1D scan's backward is not differentiable; for second derivatives "
-                       "run inside climp.ops.double_backward_mode()")
-
-
-mamba1d_scan_backward.register_autograd(_refuse_double_backward)
+refuse_double_backward(mamba1d_scan_backward, "the fused 1D scan")
 
 
 def mamba1d_flops(batch: int, length: int, dim: int, rank: int, state: int, with_z: bool = True) -> int:

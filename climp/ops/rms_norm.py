@@ -16,7 +16,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from .cpu_build import cpu_kernel_available, kernel_function
+from .cpu_build import cpu_kernel_available, kernel_function, refuse_double_backward
 from .selective_scan import double_backward_enabled
 
 # Below this many elements a call runs on one thread.
@@ -96,12 +96,7 @@ def _backward(ctx, grad, _grad_rstd):
 rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError("the CPU RMSNorm's backward is not differentiable; for second derivatives "
-                       "run inside climp.ops.double_backward_mode()")
-
-
-rms_norm_backward.register_autograd(_refuse_double_backward)
+refuse_double_backward(rms_norm_backward, "the CPU RMSNorm")
 
 
 def fused_rms_norm_available(x: Tensor, weight: Tensor) -> bool:
