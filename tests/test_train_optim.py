@@ -27,6 +27,26 @@ class SsmLike(nn.Module):
         self.frozen = nn.Parameter(torch.zeros(2, 2), requires_grad=False)
 
 
+def test_optimizer_is_fused_on_the_cpu_and_steps_as_the_per_parameter_adamw():
+    # the fused kernel against torch's plain for-loop AdamW over the same groups, three steps
+    torch.manual_seed(0)
+    model, reference = SsmLike(), SsmLike()
+    reference.load_state_dict(model.state_dict())
+    optimizer = create_optimizer(model, lr=1e-2, weight_decay=0.1)
+    assert optimizer.defaults["fused"] is True
+    plain = torch.optim.AdamW(param_groups(reference, 0.1, 1e-2), lr=1e-2, betas=(0.9, 0.98), eps=1e-6,
+                              foreach=False)
+    for step in range(3):
+        grads = {n: torch.randn_like(p) for n, p in model.named_parameters() if p.requires_grad}
+        for net, opt in ((model, optimizer), (reference, plain)):
+            for name, param in net.named_parameters():
+                if param.requires_grad:
+                    param.grad = grads[name].clone()
+            opt.step()
+    for (name, value), other in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(value, other, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_weight_decay_excludes_norms_biases_ssm_params_and_marked():
     model = SsmLike()
     no_decay, decay = param_groups(model, 0.2, lr=1.0)
