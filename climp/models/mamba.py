@@ -12,6 +12,7 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
@@ -41,6 +42,18 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, L, ...) at one step per row: x[b, positions[b]], (B, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device), positions]
+
+
+def check_positions(positions: torch.Tensor, batch: int) -> None:
+    """Raise a ValueError unless positions is one integer step per row, (batch,)."""
+    if positions.shape != (batch,) or positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        raise ValueError(f"positions must be one integer step per row, shape ({batch},), got "
+                         f"{positions.dtype} of shape {tuple(positions.shape)}")
 
 
 def resolve_dt_rank(dt_rank: Union[int, str], d_model: int) -> int:
@@ -108,6 +121,11 @@ class MambaMixer(nn.Module):
     which also applies dt_proj, D and the gate). A named selective-scan backend, or another
     device, runs the unfused channel-first path (transposes, dt_proj as a matmul,
     `selective_scan(backend=...)`), the reference the fused one is tested against.
+
+    Given positions (B,), the output is wanted at one step per row only (a last layer whose
+    output is pooled there): the scan still runs over every step (its state carries the sequence)
+    but without the gate, and in_proj's gate half, the gate and out_proj run on the B pooled rows
+    only, instead of on all B * L.
     """
 
     def __init__(
@@ -151,10 +169,15 @@ class MambaMixer(nn.Module):
         mamba_init_(self.A_log, self.D, self.dt_proj.bias, self.dt_proj.weight, dt_min=dt_min, dt_max=dt_max,
                     dt_init_floor=dt_init_floor, dt_scale=dt_scale, dt_init=dt_init)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model); with positions (B,): (B, d_model), the output at
+        hidden[b, positions[b]] only."""
         if not fused_mamba1d_available(hidden, self.scan_backend):
-            return self.forward_unfused(hidden)
-        x, z = self.in_proj_halves(hidden)
+            return self.forward_unfused(hidden, positions)
+        if positions is None:
+            x, z = self.in_proj_halves(hidden)
+        else:
+            x, z = self.in_proj_half(hidden, 0), None
         x = causal_conv1d_silu(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, channel_last=True)
         x = x.transpose(1, 2)  # (B, L, d_inner), contiguous
         y = mamba1d_scan(
@@ -167,6 +190,8 @@ class MambaMixer(nn.Module):
             at_least_float32(self.D),
             delta_softplus=True,
         )
+        if positions is not None:
+            y = self.gate_at(y, hidden, positions)
         return self.out_proj(y)
 
     def in_proj_halves(self, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -174,9 +199,26 @@ class MambaMixer(nn.Module):
         halves' gradients separately (`linear_halves`) instead of concatenating them first."""
         return linear_halves(hidden, self.in_proj.weight, self.in_proj.bias)
 
-    def forward_unfused(self, hidden: torch.Tensor) -> torch.Tensor:
+    def in_proj_half(self, hidden: torch.Tensor, half: int) -> torch.Tensor:
+        """in_proj's x (half 0) or z (half 1) output alone, (..., d_inner)."""
+        rows = slice(half * self.d_inner, (half + 1) * self.d_inner)
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
+        return F.linear(hidden, self.in_proj.weight[rows], bias)
+
+    def gate_at(self, y: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The ungated scan output y (B, L, d_inner) at positions, times silu(z) with z from
+        in_proj's gate half of the same rows of hidden: (B, d_inner), in y's dtype."""
+        y = at_positions(y, positions)
+        z = self.in_proj_half(at_positions(hidden, positions), 1)
+        return (at_least_float32(y) * F.silu(at_least_float32(z))).to(y.dtype)
+
+    def forward_unfused(self, hidden: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The channel-first path with the `scan_backend` selective scan (the reference)."""
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        if positions is None:
+            x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+            z = z.contiguous()
+        else:
+            x, z = self.in_proj_half(hidden, 0).transpose(1, 2), None
         x = causal_conv1d_silu(x, self.conv1d.weight, self.conv1d.bias)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -188,16 +230,22 @@ class MambaMixer(nn.Module):
             B.transpose(1, 2).contiguous(),
             C.transpose(1, 2).contiguous(),
             D=at_least_float32(self.D),
-            z=z.contiguous(),
+            z=z,
             delta_bias=at_least_float32(self.dt_proj.bias),
             delta_softplus=True,
             backend=self.scan_backend,
-        )
-        return self.out_proj(y.transpose(1, 2))
+        ).transpose(1, 2)
+        if positions is not None:
+            y = self.gate_at(y, hidden, positions)
+        return self.out_proj(y)
 
 
 class MambaBlock(nn.Module):
-    """Pre-norm residual block: x + drop_path(mixer(norm(x)))."""
+    """Pre-norm residual block: x + drop_path(mixer(norm(x))).
+
+    Given positions (B,), it returns (B, d_model), the block's output at x[b, positions[b]]
+    only: the residual and drop path (one draw per row either way) at those rows, the mixer
+    asked for those steps alone (`MambaMixer.forward`'s positions)."""
 
     def __init__(self, d_model: int, mixer: nn.Module, norm_eps: float = 1e-5, drop_path: float = 0.0):
         super().__init__()
@@ -205,8 +253,10 @@ class MambaBlock(nn.Module):
         self.mixer = mixer
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mixer(self.norm(x)))
+    def forward(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if positions is None:
+            return x + self.drop_path(self.mixer(self.norm(x)))
+        return at_positions(x, positions) + self.drop_path(self.mixer(self.norm(x), positions))
 
 
 @dataclass
@@ -246,7 +296,12 @@ class MambaConfig(FromDict):
 
 
 class MambaBackbone(nn.Module):
-    """Token embedding, a stack of Mamba blocks and a final RMSNorm: ids (B, L) -> (B, L, d_model)."""
+    """Token embedding, a stack of Mamba blocks and a final RMSNorm: ids (B, L) -> (B, L, d_model).
+
+    `forward(ids, positions)` returns (B, d_model), the same hidden states at one token per row
+    (the pooled one), computing only what they depend on: every layer but the last runs on all
+    tokens, the last one's per-token work after its scan (gate, out_proj, residual, drop path)
+    and the final norm run on the B pooled rows (`MambaBlock`)."""
 
     model_type = "mamba"  # transformers' name for the checkpoints this backbone loads
 
@@ -290,13 +345,19 @@ class MambaBackbone(nn.Module):
         """Recompute each block in the backward pass instead of storing its activations."""
         self.grad_checkpointing = enable
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids (B, L) -> (B, L, d_model); with positions (B,): (B, d_model), row b's hidden state
+        at step positions[b]."""
+        if positions is not None:
+            check_positions(positions, input_ids.shape[0])
         x = self.embedding(input_ids)
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            at = positions if i == last else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, x, use_reentrant=False)
+                x = checkpoint(layer, x, at, use_reentrant=False)
             else:
-                x = layer(x)
+                x = layer(x, at)
         return self.norm_f(x)
 
     @classmethod

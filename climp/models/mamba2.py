@@ -7,7 +7,7 @@ models/pretrained.py). The block, RMSNorm and backbone come from `mamba.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from climp.ops import ssd_chunk_scan
 
-from .mamba import MambaBackbone, mamba_init_
+from .mamba import MambaBackbone, at_positions, mamba_init_
 from ..config_mixin import FromDict
 
 # ----------------------------------------------------------------------------- mixer
@@ -50,6 +50,9 @@ class Mamba2Mixer(nn.Module):
     in_proj gives [z, x, B, C, dt]; x, B, C go through one causal depthwise conv and SiLU; the
     scan runs per head with a scalar decay A = -exp(A_log) and time step softplus(dt + dt_bias);
     the output is gated by z (through a gated RMSNorm, or silu(z) when rmsnorm=False).
+
+    Given positions (B,), the output is wanted at one step per row only (see `MambaMixer`): the
+    scan runs over every step, in_proj's z part, the gate and out_proj on the B pooled rows only.
     """
 
     def __init__(
@@ -104,11 +107,17 @@ class Mamba2Mixer(nn.Module):
         mamba_init_(self.A_log, self.D, self.dt_bias, dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor,
                     A_init_range=A_init_range)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model); with positions (B,): (B, d_model), the output at
+        hidden[b, positions[b]] only."""
         batch, length, _ = hidden.shape
-        z, xBC, dt = torch.split(
-            self.in_proj(hidden), [self.d_inner, self.conv1d.in_channels, self.nheads], dim=-1
-        )
+        if positions is None:
+            z, xBC, dt = torch.split(
+                self.in_proj(hidden), [self.d_inner, self.conv1d.in_channels, self.nheads], dim=-1
+            )
+        else:
+            xBC, dt = torch.split(self.in_proj_part(hidden, self.d_inner, None),
+                                  [self.conv1d.in_channels, self.nheads], dim=-1)
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length]).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # the scan runs in float32 at least
@@ -124,8 +133,16 @@ class Mamba2Mixer(nn.Module):
             D=self.D,
             chunk_size=self.chunk_size,
         ).flatten(-2)
+        if positions is not None:
+            y, z = at_positions(y, positions), self.in_proj_part(at_positions(hidden, positions), 0, self.d_inner)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.to(y.dtype))
         return self.out_proj(y.to(hidden.dtype))
+
+    def in_proj_part(self, hidden: torch.Tensor, start: int, stop: Optional[int]) -> torch.Tensor:
+        """in_proj's output channels [start, stop) alone (z is [0, d_inner), xBC and dt follow)."""
+        rows = slice(start, stop)
+        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
+        return F.linear(hidden, self.in_proj.weight[rows], bias)
 
 
 # ----------------------------------------------------------------------------- backbone

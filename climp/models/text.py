@@ -109,13 +109,18 @@ class MambaTextTower(LockableTower, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
 
-    def pool(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L, d_model) -> (B, d_model) over each right-padded row's caption. The caption ends at
-        the last non-pad token, so a pad-id token inside a caption (BPE id 0 is "!") stays in it."""
+    def last_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) index of each right-padded row's last caption token. The caption ends at the last
+        non-pad token, so a pad-id token inside a caption (BPE id 0 is "!") stays in it."""
         positions = torch.arange(token_ids.shape[1], device=token_ids.device).expand_as(token_ids)
-        last = torch.where(token_ids != self.cfg.pad_id, positions, -1).amax(dim=1)
+        return torch.where(token_ids != self.cfg.pad_id, positions, -1).amax(dim=1)
+
+    def pool(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L, d_model) hidden states of every token -> (B, d_model) over each row's caption."""
+        last = self.last_positions(token_ids)
         if self.cfg.pooling == "mean":
-            weights = (positions <= last[:, None]).to(hidden.dtype).unsqueeze(-1)
+            steps = torch.arange(token_ids.shape[1], device=token_ids.device)
+            weights = (steps <= last[:, None]).to(hidden.dtype).unsqueeze(-1)
             return (hidden * weights).sum(1) / weights.sum(1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
@@ -129,8 +134,13 @@ class MambaTextTower(LockableTower, nn.Module):
         return token_ids[:, :int(used.max()) + 1]
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """With pooling "last" the backbone computes the hidden state at the pooled token only
+        (its last layer's work after the scan, and the final norm, on B rows instead of B * L);
+        the same feature as `pool(backbone(ids), ids)`."""
         check_text_input(token_ids, self.cfg.pad_id, self.cfg.vocab_size)
         token_ids = self.trim(token_ids.long())
+        if self.cfg.pooling == "last":
+            return self.proj(self.backbone(token_ids, positions=self.last_positions(token_ids)))
         return self.proj(self.pool(self.backbone(token_ids), token_ids))
 
 
