@@ -14,7 +14,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer, text_gl
 from torch import nn
 
 from .freeze import Groups, LockableTower, block_groups
-from .mamba import MambaBackbone, MambaConfig
+from .mamba import MambaBackbone, MambaConfig, at_positions
 from .mamba2 import Mamba2Backbone, Mamba2Config
 from .validation import check_token_ids
 from .weights import load_state_dict_strict
@@ -122,7 +122,7 @@ class MambaTextTower(LockableTower, nn.Module):
             steps = torch.arange(token_ids.shape[1], device=token_ids.device)
             weights = (steps <= last[:, None]).to(hidden.dtype).unsqueeze(-1)
             return (hidden * weights).sum(1) / weights.sum(1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return at_positions(hidden, last)
 
     def trim(self, token_ids: torch.Tensor) -> torch.Tensor:
         """token_ids without the columns after the batch's longest caption: the backbone is causal,
