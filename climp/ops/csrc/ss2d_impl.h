@@ -336,6 +336,11 @@ typedef struct {
     SVEC *dt, *sig, *e, *w;
     SVEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [SLANES * ceil(Q / SLANES)] */
     SVEC *u, *dy, *du;    /* [L] each: the block's channels of u, dout and du (ss2d_gather) */
+    /* the next block's channels of u, dout and du in memory (NULL after the last block), and the
+     * pixel stride: their lines are prefetched while this block computes (see ss2d_bwd_dir1) */
+    const REAL *next_u, *next_dy;
+    REAL *next_du;
+    int64_t dim;
     SVEC dbias, dD;
 } FN(ss2d_scratch_t);
 
@@ -435,6 +440,14 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir1)(
             SVEC e = SVEXP_SCALED(dt * as);
             dts[t] = dt, sigs[t] = sig, es[t] = e, hs[t] = h;
             h = e * h + dt * uv * x[R];
+            /* the next block's gather reads u and dout and its scatter writes du at a large stride,
+             * one line per pixel: fetched into L2 here, they overlap this block's arithmetic */
+            if (k == 0 && s->next_u) {
+                __builtin_prefetch(s->next_u + t * s->dim, 0, 2);
+                __builtin_prefetch(s->next_dy + t * s->dim, 0, 2);
+            } else if (k == 1 && s->next_du) {
+                __builtin_prefetch(s->next_du + t * s->dim, 1, 2);
+            }
         }
     SVEC carry = {0}, dA = {0}, dbias = {0}, dD = {0};
     for (int64_t q = Q; q < groups * SLANES; ++q) s->sums[q] = (SVEC){0};
@@ -559,6 +572,10 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
             for (int64_t j = j0; j < j1; ++j) {
                 int64_t first = j * SLANES, off = b * L * dim + first;
                 int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
+                /* the next block in (batch, block) order: this thread's next one but at its range's end */
+                int64_t next = j + 1 < nblocks ? off + SLANES : (b + 1 < batch ? (b + 1) * L * dim : -1);
+                s.next_u = next < 0 ? NULL : u + next, s.next_dy = next < 0 ? NULL : dout + next;
+                s.next_du = next < 0 ? NULL : du + next, s.dim = dim;
                 FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
                                    height, width, dim, rank, nstate, count, table + j, softplus, &s,
                                    pv + j * 4 * P);
