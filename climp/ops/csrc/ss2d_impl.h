@@ -250,7 +250,8 @@ static inline SVEC FN(ss2d_delta)(const SVEC *w, SVEC bias, const REAL *x, int64
 static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int R, int k, FN(ss2d_dir_t) d,
                                                                   const REAL *u, const REAL *xdbl, REAL *out,
                                                                   int64_t dim, int count,
-                                                                  const FN(ss2d_consts_t) *c, int softplus) {
+                                                                  const FN(ss2d_consts_t) *c, int softplus,
+                                                                  const REAL *next_u, REAL *next_out) {
     int64_t Q = R + 2 * N, stride = 4 * Q;
     SVEC w[R], as[N], h[N], bias = c->bias[k], Dk = c->D[k];
     for (int r = 0; r < R; ++r) w[r] = c->w[k * R + r];
@@ -269,6 +270,12 @@ static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int R,
             }
             REAL *op = out + p * dim;
             FN(ss2d_store)(op, k ? FN(ss2d_load)(op, count) + y : y, count);
+            /* the next item's first direction reads u and writes out at a large stride, one line per
+             * pixel: fetched into L2 here, they overlap this item's arithmetic */
+            if (k == 0 && next_u) {
+                __builtin_prefetch(next_u + p * dim, 0, 2);
+                __builtin_prefetch(next_out + p * dim, 1, 2);
+            }
         }
 }
 
@@ -316,13 +323,16 @@ void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         const REAL *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
         REAL *ob = out + b * L * dim + first;
         const REAL *ub = u + b * L * dim + first;
+        /* the next item's block (this thread's next but at a chunk's end) */
+        const REAL *next_u = item + 1 < batch * nblocks ? ub + (item % nblocks + 1 < nblocks ? SLANES : L * dim - first) : NULL;
+        REAL *next_out = next_u ? out + (next_u - u) : NULL;
         for (int k = 0; k < 4; ++k) {
             FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
-#define SS2D_FWD_STATE1(R) FN(ss2d_fwd_dir)(1, R, k, d, ub, xb, ob, dim, SLANES, c, softplus)
+#define SS2D_FWD_STATE1(R) FN(ss2d_fwd_dir)(1, R, k, d, ub, xb, ob, dim, SLANES, c, softplus, next_u, next_out)
             if (nstate == 1 && count == SLANES)
                 SS2D_RANK_DISPATCH(rank, SS2D_FWD_STATE1)
             else
-                FN(ss2d_fwd_dir)(nstate, rank, k, d, ub, xb, ob, dim, count, c, softplus);
+                FN(ss2d_fwd_dir)(nstate, rank, k, d, ub, xb, ob, dim, count, c, softplus, next_u, next_out);
 #undef SS2D_FWD_STATE1
         }
     }
