@@ -351,6 +351,7 @@ typedef struct {
     const REAL *next_u, *next_dy;
     REAL *next_du;
     int64_t dim;
+    int dxv_fresh; /* whether the one-state path writes the vector sums of dxdbl instead of adding */
     SVEC dbias, dD;
 } FN(ss2d_scratch_t);
 
@@ -480,11 +481,11 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir1)(
             for (int r = 0; r < R; ++r) dw[r] += ddt * x[r];
             SVEC g_u = dt * s1 + Dk * dy;
             dus[p] = k ? dus[p] + g_u : g_u;
-            if (vacc) {
+            if (vacc) { /* the item's first block writes the sums, the others add to them */
                 SVEC *acc = dxv + p * stride + k * Q;
-                for (int r = 0; r < R; ++r) acc[r] += w[r] * ddt;
-                acc[R] += gB;
-                acc[R + 1] += gC;
+                for (int r = 0; r < R; ++r) acc[r] = s->dxv_fresh ? w[r] * ddt : acc[r] + w[r] * ddt;
+                acc[R] = s->dxv_fresh ? gB : acc[R] + gB;
+                acc[R + 1] = s->dxv_fresh ? gC : acc[R + 1] + gC;
                 continue;
             }
             for (int r = 0; r < R; ++r) s->sums[r] = w[r] * ddt;
@@ -574,18 +575,19 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         s.dw = s.du + L, s.dA = s.dw + rank, s.sums = s.dA + nstate;
         SVEC *pv = pvs + tid * pv_size;
         SVEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + SLANES) * sizeof(SVEC)) : NULL;
+        if (dxv) memset(dxv + L * 4 * Q, 0, SLANES * sizeof(SVEC)); /* read, unused, by the last lane sums */
 #pragma omp for schedule(static) /* fixed item-to-thread map: deterministic partial sums (parallel.h) */
         for (int64_t item = 0; item < items; ++item) {
             int64_t b = per_batch ? item : item / nblocks;
             int64_t j0 = per_batch ? 0 : item % nblocks, j1 = per_batch ? nblocks : j0 + 1;
-            if (dxv) memset(dxv, 0, (L * 4 * Q + SLANES) * sizeof(SVEC));
+            if (dxv && nstate != 1) memset(dxv, 0, (L * 4 * Q + SLANES) * sizeof(SVEC));
             for (int64_t j = j0; j < j1; ++j) {
                 int64_t first = j * SLANES, off = b * L * dim + first;
                 int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
                 /* the next block in (batch, block) order: this thread's next one but at its range's end */
                 int64_t next = j + 1 < nblocks ? off + SLANES : (b + 1 < batch ? (b + 1) * L * dim : -1);
                 s.next_u = next < 0 ? NULL : u + next, s.next_dy = next < 0 ? NULL : dout + next;
-                s.next_du = next < 0 ? NULL : du + next, s.dim = dim;
+                s.next_du = next < 0 ? NULL : du + next, s.dim = dim, s.dxv_fresh = j == j0;
                 FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
                                    height, width, dim, rank, nstate, count, table + j, softplus, &s,
                                    pv + j * 4 * P);
