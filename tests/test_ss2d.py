@@ -163,6 +163,38 @@ def test_threaded_kernel_matches_reference(monkeypatch, batch, dtype, case):
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch", [1, 3])  # block items (next block prefetched across batch elements); whole ones
+@pytest.mark.parametrize("rank", [1, 4, 8, 16])  # the dt projection's odd tail alone; the compile-time ranks
+def test_dispatched_ranks_match_reference(monkeypatch, batch, rank):
+    """The one-state kernels at the ranks they specialise, on 2 threads, with an odd map (3 x 5) and
+    40 channels (two full 16-lane blocks and a partial one, whose vector sums of dxdbl the first
+    block writes and the others add to), against the sequential reference."""
+    import climp.ops.fused_ss2d as fused_module
+
+    monkeypatch.setattr(fused_module, "MIN_UPDATES_PER_THREAD", 1)
+    inputs = make_inputs(batch, 3, 5, 40, rank, 1, dtype=torch.float32, seed=rank)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, grads, grad_out = grads_of(ss2d, inputs, True)
+    finally:
+        torch.set_num_threads(threads)
+    ref = lambda *a: ss2d_reference(*a, backend="reference")  # noqa: E731
+    ref_out, ref_grads, _ = grads_of(ref, inputs, True, grad_out)
+    torch.testing.assert_close(out, ref_out, rtol=2e-5, atol=2e-5)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * max(1.0, want.abs().max().item()))
+
+
+@needs_kernel
+def test_fused_op_gradcheck_rank_one_odd_map():
+    """float64 finite differences through the dt projection's odd tail (rank 1) on a 3 x 1 map."""
+    inputs = make_inputs(2, 3, 1, 5, 1, 1, seed=3)
+    leaves = [t.requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(lambda *a: ss2d_scan(*a, True), leaves, eps=1e-6, atol=1e-6)
+
+
+@needs_kernel
 @pytest.mark.parametrize("batch", [1, 5])  # block items with per-thread dxdbl copies; whole batch elements
 def test_threaded_backward_is_bit_identical(monkeypatch, batch):
     """Two identical float32 backward passes at 2 threads give the same bits: the parameter

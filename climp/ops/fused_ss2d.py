@@ -102,7 +102,9 @@ def _threads(batch: int, dim: int, length: int, state: int) -> int:
 
 
 def _prepared(tensors, dtype: torch.dtype) -> List[torch.Tensor]:
-    return [t.to(dtype).contiguous() for t in tensors]
+    """The tensors in dtype and contiguous (as they are, without a dispatch, when they already are:
+    a small map's call is short enough for the wrapper's per-tensor calls to count)."""
+    return [t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous() for t in tensors]
 
 
 @torch.library.custom_op("climp::ss2d_scan", mutates_args=(), device_types="cpu")
@@ -118,7 +120,7 @@ def ss2d_scan(u: torch.Tensor, xdbl: torch.Tensor, dt_weight: torch.Tensor, dt_b
         int(delta_softplus), out.data_ptr(), batch, height, width, dim, wc.shape[2], Ac.shape[1],
         _threads(batch, dim, height * width, Ac.shape[1]),
     )
-    return out.to(u.dtype)
+    return out if out.dtype == u.dtype else out.to(u.dtype)
 
 
 @ss2d_scan.register_fake
@@ -142,7 +144,7 @@ def ss2d_scan_backward(u: torch.Tensor, xdbl: torch.Tensor, dt_weight: torch.Ten
         int(delta_softplus), gc.data_ptr(), *(g.data_ptr() for g in grads), batch, height, width, dim,
         wc.shape[2], Ac.shape[1], _threads(batch, dim, height * width, Ac.shape[1]),
     )
-    return [g.to(t.dtype) for g, t in zip(grads, inputs)]
+    return [g if g.dtype == t.dtype else g.to(t.dtype) for g, t in zip(grads, inputs)]
 
 
 @ss2d_scan_backward.register_fake
@@ -185,6 +187,10 @@ def fused_ss2d_available(u: torch.Tensor, backend: str = "auto") -> bool:
 
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 1 else t.reshape(-1)
+
+
 def ss2d(
     u: torch.Tensor,
     xdbl: torch.Tensor,
@@ -206,6 +212,6 @@ def ss2d(
     if (needs_grad and double_backward_enabled()) or not fused_ss2d_available(u, backend):
         return ss2d_reference(u, xdbl, dt_weight, dt_bias, A, D, delta_softplus, backend=backend)
     dim4 = NUM_DIRECTIONS * u.shape[3]
-    dt_bias = u.new_zeros(dim4, dtype=A.dtype) if dt_bias is None else dt_bias.reshape(dim4)
-    D = u.new_zeros(dim4, dtype=A.dtype) if D is None else D.reshape(dim4)
+    dt_bias = u.new_zeros(dim4, dtype=A.dtype) if dt_bias is None else _flat(dt_bias)
+    D = u.new_zeros(dim4, dtype=A.dtype) if D is None else _flat(D)
     return ss2d_scan(u, xdbl, dt_weight, dt_bias, A, D, bool(delta_softplus))

@@ -25,6 +25,10 @@
  * With one state (VMamba's default) and the ranks VMamba uses, the rank is a compile-time constant
  * (SS2D_RANK_DISPATCH), so the weights and running sums stay in registers. The backward gathers a
  * block's channels of u, dout and du into contiguous vectors once for its four directions.
+ * A step's cost is the latency of its chain (dt projection, softplus, exp), so the scan's own
+ * softplus evaluates its polynomial in Estrin's scheme and the projection runs as two chains; and
+ * while one block computes, the next one's strided lines (u and out forward; u, dout and du
+ * backward) are prefetched into L2, so their cache misses overlap arithmetic.
  */
 
 /* The vector: float32 runs 16 lanes (512 bits) where AVX-512 is available, twice the plain
@@ -75,6 +79,26 @@ static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus16(ss2d_v16 x
     return ss2d_max16(x, zero) + y * q;
 }
 
+/* The scan's own softplus: ss2d_softplus16's polynomial evaluated in Estrin's scheme (products of
+ * y^2 and y^4 instead of one chain of eight multiply-adds), which shortens each step's dependency
+ * chain, the scan's limit: a step's dt feeds its exp and the recurrence. */
+static inline __attribute__((always_inline)) ss2d_v16 ss2d_scan_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
+    const ss2d_v16 zero = {0};
+    ss2d_v16 y = ss2d_exp2_inrange16(
+        ss2d_max16((ss2d_v16)((ss2d_i16)x & 0x7fffffff) * -1.44269504088896341f, zero - 125.0f));
+    if (sig) {
+        ss2d_v16 inv = 1.0f / (1.0f + y);
+        ss2d_i16 neg = x < zero;
+        *sig = (ss2d_v16)(((ss2d_i16)(y * inv) & neg) | ((ss2d_i16)inv & ~neg));
+    }
+    ss2d_v16 y2 = y * y, y4 = y2 * y2;
+    ss2d_v16 p01 = y * -4.9999493e-1f + 0.99999994f, p23 = y * -2.484298e-1f + 3.3319098e-1f;
+    ss2d_v16 p45 = y * -1.366323e-1f + 1.9106e-1f, p67 = y * -2.9505106e-2f + 7.822575e-2f;
+    ss2d_v16 p03 = p23 * y2 + p01, p47 = p67 * y2 + p45;
+    ss2d_v16 q = (y4 * 5.232659e-3f + p47) * y4 + p03;
+    return ss2d_max16(x, zero) + y * q;
+}
+
 /* Lane i of the result: the sum of v[i]'s 16 lanes (pairwise, in four shuffle-and-add rounds). */
 static inline ss2d_v16 ss2d_lane_sums16(const ss2d_v16 *v) {
     ss2d_v16 s[8], q[4], r[2];
@@ -108,7 +132,7 @@ _Static_assert(sizeof(REAL) == (CLIMP_SS2D_FLOAT32 ? sizeof(float) : sizeof(doub
 #define SVEC ss2d_v16
 #define SLANES 16
 #define SVEXP_SCALED ss2d_exp2_16
-#define SVSOFTPLUS ss2d_softplus16
+#define SVSOFTPLUS ss2d_scan_softplus16
 #define SLANE_SUMS ss2d_lane_sums16
 #else
 #define SVEC VEC
@@ -217,9 +241,11 @@ static FN(ss2d_consts_t) *FN(ss2d_consts_table)(const REAL *dtw, const REAL *bia
 
 /* delta before softplus at one step: bias + sum_r w_r x_r. */
 static inline SVEC FN(ss2d_delta)(const SVEC *w, SVEC bias, const REAL *x, int64_t rank) {
-    SVEC acc = bias;
-    for (int64_t r = 0; r < rank; ++r) acc += w[r] * x[r];
-    return acc;
+    SVEC even = bias, odd = {0}; /* two chains of multiply-adds: half the latency of one */
+    int64_t r = 0;
+    for (; r + 1 < rank; r += 2) even += w[r] * x[r], odd += w[r + 1] * x[r + 1];
+    if (r < rank) even += w[r] * x[r];
+    return even + odd;
 }
 
 /* One direction of one block forward: out (+)= C.h + D u along the traversal (N: nstate, R: rank,
@@ -228,7 +254,8 @@ static inline SVEC FN(ss2d_delta)(const SVEC *w, SVEC bias, const REAL *x, int64
 static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int R, int k, FN(ss2d_dir_t) d,
                                                                   const REAL *u, const REAL *xdbl, REAL *out,
                                                                   int64_t dim, int count,
-                                                                  const FN(ss2d_consts_t) *c, int softplus) {
+                                                                  const FN(ss2d_consts_t) *c, int softplus,
+                                                                  const REAL *next_u, REAL *next_out) {
     int64_t Q = R + 2 * N, stride = 4 * Q;
     SVEC w[R], as[N], h[N], bias = c->bias[k], Dk = c->D[k];
     for (int r = 0; r < R; ++r) w[r] = c->w[k * R + r];
@@ -247,6 +274,12 @@ static inline __attribute__((always_inline)) void FN(ss2d_fwd_dir)(int N, int R,
             }
             REAL *op = out + p * dim;
             FN(ss2d_store)(op, k ? FN(ss2d_load)(op, count) + y : y, count);
+            /* the next item's first direction reads u and writes out at a large stride, one line per
+             * pixel: fetched into L2 here, they overlap this item's arithmetic */
+            if (k == 0 && next_u) {
+                __builtin_prefetch(next_u + p * dim, 0, 2);
+                __builtin_prefetch(next_out + p * dim, 1, 2);
+            }
         }
 }
 
@@ -294,13 +327,16 @@ void FN(ss2d_fwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         const REAL *xb = xdbl + b * L * 4 * (rank + 2 * nstate);
         REAL *ob = out + b * L * dim + first;
         const REAL *ub = u + b * L * dim + first;
+        /* the next item's block (this thread's next but at a chunk's end) */
+        const REAL *next_u = item + 1 < batch * nblocks ? ub + (item % nblocks + 1 < nblocks ? SLANES : L * dim - first) : NULL;
+        REAL *next_out = next_u ? out + (next_u - u) : NULL;
         for (int k = 0; k < 4; ++k) {
             FN(ss2d_dir_t) d = FN(ss2d_dir)(k, height, width);
-#define SS2D_FWD_STATE1(R) FN(ss2d_fwd_dir)(1, R, k, d, ub, xb, ob, dim, SLANES, c, softplus)
+#define SS2D_FWD_STATE1(R) FN(ss2d_fwd_dir)(1, R, k, d, ub, xb, ob, dim, SLANES, c, softplus, next_u, next_out)
             if (nstate == 1 && count == SLANES)
                 SS2D_RANK_DISPATCH(rank, SS2D_FWD_STATE1)
             else
-                FN(ss2d_fwd_dir)(nstate, rank, k, d, ub, xb, ob, dim, count, c, softplus);
+                FN(ss2d_fwd_dir)(nstate, rank, k, d, ub, xb, ob, dim, count, c, softplus, next_u, next_out);
 #undef SS2D_FWD_STATE1
         }
     }
@@ -314,6 +350,12 @@ typedef struct {
     SVEC *dt, *sig, *e, *w;
     SVEC *dw, *dA, *sums; /* dw [rank], dA [nstate], sums [SLANES * ceil(Q / SLANES)] */
     SVEC *u, *dy, *du;    /* [L] each: the block's channels of u, dout and du (ss2d_gather) */
+    /* the next block's channels of u, dout and du in memory (NULL after the last block), and the
+     * pixel stride: their lines are prefetched while this block computes (see ss2d_bwd_dir1) */
+    const REAL *next_u, *next_dy;
+    REAL *next_du;
+    int64_t dim;
+    int dxv_fresh; /* whether the one-state path writes the vector sums of dxdbl instead of adding */
     SVEC dbias, dD;
 } FN(ss2d_scratch_t);
 
@@ -413,6 +455,14 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir1)(
             SVEC e = SVEXP_SCALED(dt * as);
             dts[t] = dt, sigs[t] = sig, es[t] = e, hs[t] = h;
             h = e * h + dt * uv * x[R];
+            /* the next block's gather reads u and dout and its scatter writes du at a large stride,
+             * one line per pixel: fetched into L2 here, they overlap this block's arithmetic */
+            if (k == 0 && s->next_u) {
+                __builtin_prefetch(s->next_u + t * s->dim, 0, 2);
+                __builtin_prefetch(s->next_dy + t * s->dim, 0, 2);
+            } else if (k == 1 && s->next_du) {
+                __builtin_prefetch(s->next_du + t * s->dim, 1, 2);
+            }
         }
     SVEC carry = {0}, dA = {0}, dbias = {0}, dD = {0};
     for (int64_t q = Q; q < groups * SLANES; ++q) s->sums[q] = (SVEC){0};
@@ -435,11 +485,11 @@ static inline __attribute__((always_inline)) void FN(ss2d_bwd_dir1)(
             for (int r = 0; r < R; ++r) dw[r] += ddt * x[r];
             SVEC g_u = dt * s1 + Dk * dy;
             dus[p] = k ? dus[p] + g_u : g_u;
-            if (vacc) {
+            if (vacc) { /* the item's first block writes the sums, the others add to them */
                 SVEC *acc = dxv + p * stride + k * Q;
-                for (int r = 0; r < R; ++r) acc[r] += w[r] * ddt;
-                acc[R] += gB;
-                acc[R + 1] += gC;
+                for (int r = 0; r < R; ++r) acc[r] = s->dxv_fresh ? w[r] * ddt : acc[r] + w[r] * ddt;
+                acc[R] = s->dxv_fresh ? gB : acc[R] + gB;
+                acc[R + 1] = s->dxv_fresh ? gC : acc[R + 1] + gC;
                 continue;
             }
             for (int r = 0; r < R; ++r) s->sums[r] = w[r] * ddt;
@@ -529,14 +579,19 @@ void FN(ss2d_bwd)(const REAL *u, const REAL *xdbl, const REAL *dtw, const REAL *
         s.dw = s.du + L, s.dA = s.dw + rank, s.sums = s.dA + nstate;
         SVEC *pv = pvs + tid * pv_size;
         SVEC *dxv = vec_acc ? scratch_alloc((L * 4 * Q + SLANES) * sizeof(SVEC)) : NULL;
+        if (dxv) memset(dxv + L * 4 * Q, 0, SLANES * sizeof(SVEC)); /* read, unused, by the last lane sums */
 #pragma omp for schedule(static) /* fixed item-to-thread map: deterministic partial sums (parallel.h) */
         for (int64_t item = 0; item < items; ++item) {
             int64_t b = per_batch ? item : item / nblocks;
             int64_t j0 = per_batch ? 0 : item % nblocks, j1 = per_batch ? nblocks : j0 + 1;
-            if (dxv) memset(dxv, 0, (L * 4 * Q + SLANES) * sizeof(SVEC));
+            if (dxv && nstate != 1) memset(dxv, 0, (L * 4 * Q + SLANES) * sizeof(SVEC));
             for (int64_t j = j0; j < j1; ++j) {
                 int64_t first = j * SLANES, off = b * L * dim + first;
                 int count = dim - first < SLANES ? (int)(dim - first) : SLANES;
+                /* the next block in (batch, block) order: this thread's next one but at its range's end */
+                int64_t next = j + 1 < nblocks ? off + SLANES : (b + 1 < batch ? (b + 1) * L * dim : -1);
+                s.next_u = next < 0 ? NULL : u + next, s.next_dy = next < 0 ? NULL : dout + next;
+                s.next_du = next < 0 ? NULL : du + next, s.dim = dim, s.dxv_fresh = j == j0;
                 FN(ss2d_bwd_block)(u + off, xdbl + b * L * 4 * Q, dout + off, du + off, dx_acc + b * L * 4 * Q, dxv,
                                    height, width, dim, rank, nstate, count, table + j, softplus, &s,
                                    pv + j * 4 * P);
