@@ -6,7 +6,9 @@ maps 16x16, 8x8, 4x4, 2x2 with d_inner 128, 128, 256, 512 and dt rank 4, 4, 8, 1
 `--op mamba1d`: `climp::mamba1d_scan` and its backward at the text tower's shape (batch 64, 77
 tokens, d_inner 256, dt rank 8, d_state 16) and two others. `--op conv1d`: `climp::causal_conv1d_silu`
 and its backward as the text tower's mixer calls them (x the channel-last first half of the
-in_proj output, kernel 4, with bias; batch 64, 77 tokens, d_inner 256) and two others. The ops are called as the models call
+in_proj output, kernel 4, with bias; batch 64, 77 tokens, d_inner 256) and two others.
+`--op text-tower`: climp-tiny's whole text tower (batch 64, 77 tokens) in training mode, all its
+kernels on one library: forward, and forward + backward in the bwd columns. The ops are called as the models call
 them; with --against REV the C sources of that revision are compiled with this checkout's flags
 into a temporary directory, and the ops run on that library in turn with this checkout's
 (`cpu_build`'s loaded library is swapped, so REV's kernels must take the same arguments). The two
@@ -20,6 +22,7 @@ processes on a busy machine barely change.
   python benchmarks/kernel_ab.py --op ss2d --against 7041a01
   python benchmarks/kernel_ab.py --op mamba1d --against 7041a01 --cpu-time
   python benchmarks/kernel_ab.py --op conv1d --against e2493de --cpu-time
+  python benchmarks/kernel_ab.py --op text-tower --against e2493de --cpu-time
 """
 from __future__ import annotations
 
@@ -48,8 +51,10 @@ SS2D_SHAPES = [(64, 16, 16, 128, 4), (64, 8, 8, 128, 4), (64, 4, 4, 256, 8), (64
 MAMBA1D_SHAPES = [(64, 77, 256, 8, 16), (8, 1024, 256, 8, 16), (1, 77, 256, 8, 16)]
 # (batch, length, d_inner, kernel): the same three
 CONV1D_SHAPES = [(64, 77, 256, 4), (8, 1024, 256, 4), (1, 77, 256, 4)]
+# (batch, length, d_model) of climp-tiny's text tower
+TEXT_TOWER_SHAPES = [(64, 77, 128)]
 # the C functions (name_{fwd,bwd}_{f32,f64}) the ops call
-KERNEL_FUNCTIONS = ("ss2d", "mamba1d", "causal_conv_silu")
+KERNEL_FUNCTIONS = ("selective_scan", "ss2d", "mamba1d", "causal_conv_silu", "rms_norm", "dwconv2d_silu")
 
 
 def kernel_of_revision(rev: str, build_dir: Path) -> ctypes.CDLL:
@@ -70,6 +75,8 @@ def kernel_of_revision(rev: str, build_dir: Path) -> ctypes.CDLL:
         for part in ("fwd", "bwd"):
             for suffix in ("f32", "f64"):
                 name = f"{op}_{part}_{suffix}"
+                if not hasattr(lib, name):
+                    continue
                 getattr(lib, name).argtypes = getattr(ours, name).argtypes
                 getattr(lib, name).restype = None
     return lib
@@ -132,10 +139,29 @@ def conv1d_calls(shape: Tuple[int, ...]) -> Tuple[Callable, Callable]:
             lambda: list(torch.ops.climp.causal_conv1d_silu_backward(*args, grad_out, True)))
 
 
+def text_tower_calls(shape: Tuple[int, ...]) -> Tuple[Callable, Callable]:
+    """(forward, forward + backward) of climp-tiny's text tower on fixed random captions; the
+    second returns the parameters' gradients."""
+    import climp
+
+    batch, length, _ = shape
+    torch.manual_seed(0)
+    tower = climp.create_model("climp-tiny").train().text
+    texts = torch.randint(1, 49406, (batch, length), generator=torch.Generator().manual_seed(0))
+
+    def forward_backward() -> List[torch.Tensor]:
+        tower.zero_grad(set_to_none=True)
+        tower(texts).sum().backward()
+        return [p.grad for p in tower.parameters() if p.grad is not None]
+
+    return (lambda: [tower(texts)], forward_backward)
+
+
 # op -> (shapes, calls of a shape, what a shape lists, how many of a shape's leading sizes make u)
 OPS = {"ss2d": (SS2D_SHAPES, ss2d_calls, "(batch, H, W, d_inner, rank)", 4),
        "mamba1d": (MAMBA1D_SHAPES, mamba1d_calls, "(batch, length, d_inner, rank, d_state)", 3),
-       "conv1d": (CONV1D_SHAPES, conv1d_calls, "(batch, length, d_inner, kernel)", 3)}
+       "conv1d": (CONV1D_SHAPES, conv1d_calls, "(batch, length, d_inner, kernel)", 3),
+       "text-tower": (TEXT_TOWER_SHAPES, text_tower_calls, "(batch, length, d_model)", 3)}
 
 
 def relative_difference(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
