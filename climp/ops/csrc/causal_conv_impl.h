@@ -83,7 +83,8 @@ static inline REAL FN(conv_dot)(const REAL *a, const REAL *b, int64_t n) {
  * the last K inputs (and, backward, K values of dpre and the tap and bias gradients) in
  * registers: one load of x per step, and the backward runs from the last step down so that dx[t]
  * = sum_k w[k] dpre[t + K - 1 - k] is ready when dpre[t] is, and dpre never goes to memory.
- * Specialised by inlining for full blocks with K = 4 and 3 (the taps' loops unroll). */
+ * Specialised by inlining for full blocks with K = 4 and 3 (the taps' loops unroll), and the loops
+ * over steps unrolled by 4, so that shifting a window is renaming registers. */
 #if CLIMP_SS2D_FLOAT32 && defined(__AVX512F__)
 #define CVEC ss2d_v16
 #define CLANES 16
@@ -136,12 +137,13 @@ CONV_INLINE void FN(conv_cl_fwd_sweep)(const REAL *x, int64_t st, const REAL *ta
     }
     CVEC bv;
     memcpy(&bv, tab + kernel * stride, sizeof bv);
+#pragma GCC unroll 4
     for (int64_t t = 0; t < len; ++t) {
         for (int64_t k = 0; k + 1 < kernel; ++k) win[k] = win[k + 1];
         win[kernel - 1] = FN(conv_cl_load)(x + t * st, count);
         CVEC pre = bv;
         for (int64_t k = 0; k < kernel; ++k) pre += wv[k] * win[k];
-        FN(conv_cl_store)(out + t * ost, pre * (1 / (1 + CEXP_NEG(pre))), count); /* pre * VSIGMOID(pre), bit for bit */
+        FN(conv_cl_store)(out + t * ost, pre * (1 / (1 + CEXP_NEG(pre))), count); /* pre * VSIGMOID(pre) */
     }
 }
 
@@ -160,6 +162,7 @@ CONV_INLINE void FN(conv_cl_bwd_sweep)(const REAL *x, int64_t st, const REAL *do
     }
     CVEC bv, dbv = grads[kernel];
     memcpy(&bv, tab + kernel * stride, sizeof bv);
+#pragma GCC unroll 4
     for (int64_t t = len - 1; t >= 0; --t) {
         CVEC pre = bv;
         for (int64_t k = 0; k < kernel; ++k) pre += wv[k] * win[k];
