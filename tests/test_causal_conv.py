@@ -79,10 +79,10 @@ def _mixer_view(batch, dim, length, kernel, dtype, seed=0):
 
 
 # dims around the vector widths (8 and 16 lanes), lengths below, at and above the kernel, batch 1,
-# the kernel sizes with their own code (3, 4) and others
+# the kernel sizes with their own code (3, 4), others, and one too long for the channel-last sweeps
 @pytest.mark.parametrize("batch,dim,length,kernel", [
     (2, 13, 9, 4), (1, 16, 7, 4), (3, 17, 12, 4), (2, 40, 2, 4), (1, 5, 1, 4), (2, 33, 3, 3),
-    (2, 24, 6, 3), (1, 9, 5, 2), (2, 7, 4, 1), (2, 19, 11, 5), (1, 48, 4, 5)])
+    (2, 24, 6, 3), (1, 9, 5, 2), (2, 7, 4, 1), (2, 19, 11, 5), (1, 48, 4, 5), (2, 6, 80, 70)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channel_last_path_matches_conv1d(batch, dim, length, kernel, dtype):
     xz, x, w, b, grad = _mixer_view(batch, dim, length, kernel, dtype)

@@ -6,7 +6,8 @@
  * start), out = silu(pre). The rows of CONV_CHUNK neighbouring channels are gathered together
  * into zero-padded scratch rows (one read of each cache line of a channel-last x), so the loops
  * over steps run on contiguous, SIMD-width-padded arrays. When x, out (and dout, dx) all have a
- * unit channel stride, a channel-last path runs instead (conv_cl_*: lane = channel, no gather).
+ * unit channel stride and the kernel at most CONV_CL_MAX_KERNEL taps, a channel-last path runs
+ * instead (conv_cl_*: lane = channel, no gather).
  * The backward recomputes pre.
  * Deterministic: the backward splits channels over threads (a fixed contiguous range each), so
  * each channel's dw and dbias are summed by one thread in a fixed order (batch element by batch
@@ -95,6 +96,9 @@ static inline REAL FN(conv_dot)(const REAL *a, const REAL *b, int64_t n) {
 #define CEXP_NEG(x) VEXP(-(x))
 #endif
 #define CONV_INLINE static inline __attribute__((always_inline))
+#ifndef CONV_CL_MAX_KERNEL
+#define CONV_CL_MAX_KERNEL 64 /* a sweep keeps 4 kernel-long arrays of vectors on the stack */
+#endif
 
 /* The first `count` (<= CLANES) elements of p as a vector, zeros beyond; and the inverse store. */
 CONV_INLINE CVEC FN(conv_cl_load)(const REAL *p, int count) {
@@ -248,7 +252,7 @@ static void FN(conv_cl_bwd)(const REAL *x, int64_t sb, int64_t st, const REAL *w
 void FN(causal_conv_silu_fwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st, const REAL *w, const REAL *bias,
                               REAL *out, int64_t osb, int64_t osd, int64_t ost, int64_t batch, int64_t dim,
                               int64_t len, int64_t kernel, int nthreads) {
-    if (sd == 1 && osd == 1) {
+    if (sd == 1 && osd == 1 && kernel <= CONV_CL_MAX_KERNEL) {
         FN(conv_cl_fwd)(x, sb, st, w, bias, out, osb, ost, batch, dim, len, kernel, nthreads);
         return;
     }
@@ -277,7 +281,7 @@ void FN(causal_conv_silu_bwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
                               const REAL *dout, int64_t gsb, int64_t gsd, int64_t gst, REAL *dx, int64_t osb,
                               int64_t osd, int64_t ost, REAL *dw, REAL *dbias, int64_t batch, int64_t dim,
                               int64_t len, int64_t kernel, int nthreads) {
-    if (sd == 1 && gsd == 1 && osd == 1) {
+    if (sd == 1 && gsd == 1 && osd == 1 && kernel <= CONV_CL_MAX_KERNEL) {
         FN(conv_cl_bwd)(x, sb, st, w, bias, dout, gsb, gst, dx, osb, ost, dw, dbias, batch, dim, len, kernel, nthreads);
         return;
     }
@@ -327,3 +331,4 @@ void FN(causal_conv_silu_bwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
 #undef CEXP_NEG
 #undef CONV_INLINE
 #undef CONV_CL_DISPATCH
+#undef CONV_CL_MAX_KERNEL
