@@ -1,20 +1,20 @@
-"""The fused scan ops' forward and backward at climp-tiny's shapes, against the C kernel of another
-git revision, in one process.
+"""climp's fused ops' forward and backward at climp-tiny's shapes, against the C kernel of
+another git revision, in one process.
 
 `--op ss2d`: `climp::ss2d_scan` and its backward at the image tower's four stage shapes (batch 64;
 maps 16x16, 8x8, 4x4, 2x2 with d_inner 128, 128, 256, 512 and dt rank 4, 4, 8, 16; d_state 1).
 `--op mamba1d`: `climp::mamba1d_scan` and its backward at the text tower's shape (batch 64, 77
-tokens, d_inner 256, dt rank 8, d_state 16) and two others. `--op conv1d`: `climp::causal_conv1d_silu`
-and its backward as the text tower's mixer calls them (x the channel-last first half of the
-in_proj output, kernel 4, with bias; batch 64, 77 tokens, d_inner 256) and two others.
-`--op text-tower`: climp-tiny's whole text tower (batch 64, 77 tokens) in training mode, all its
-kernels on one library: forward, and forward + backward in the bwd columns. The ops are called as the models call
-them; with --against REV the C sources of that revision are compiled with this checkout's flags
-into a temporary directory, and the ops run on that library in turn with this checkout's
-(`cpu_build`'s loaded library is swapped, so REV's kernels must take the same arguments). The two
-take turns for --rounds interleaved rounds, so load from other processes hits both alike; the
-table gives each one's median time, their ratio and the largest difference of their results
-relative to the largest value.
+tokens, d_inner 256, dt rank 8, d_state 16) and two others. `--op conv1d`:
+`climp::causal_conv1d_silu` and its backward as the text tower's mixer calls them (x the
+channel-last first half of the in_proj output, kernel 4, with bias; batch 64, 77 tokens,
+d_inner 256) and two others. `--op text-tower`: climp-tiny's whole text tower (batch 64, 77
+tokens) in training mode, all its kernels on one library: forward, and forward + backward in the
+bwd columns. The ops are called as the models call them; with --against REV the C sources of
+that revision are compiled with this checkout's flags into a temporary directory, and the ops
+run on that library in turn with this checkout's (`cpu_build`'s loaded library is swapped, so
+REV's kernels must take the same arguments). The two take turns for --rounds interleaved rounds,
+so load from other processes hits both alike; the table gives each one's median time, their
+ratio and the largest difference of their results relative to the largest value.
 
 --cpu-time measures CPU time (time.process_time) on one thread instead of wall time, which other
 processes on a busy machine barely change.
@@ -39,7 +39,7 @@ from pathlib import Path
 from statistics import median
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from common import add_clock_arguments, set_up_clock
+from common import EOT, SOT, add_clock_arguments, set_up_clock
 
 import torch
 
@@ -147,7 +147,8 @@ def text_tower_calls(shape: Tuple[int, ...]) -> Tuple[Callable, Callable]:
     batch, length, _ = shape
     torch.manual_seed(0)
     tower = climp.create_model("climp-tiny").train().text
-    texts = torch.randint(1, 49406, (batch, length), generator=torch.Generator().manual_seed(0))
+    texts = torch.randint(1, SOT, (batch, length), generator=torch.Generator().manual_seed(0))
+    texts[:, 0], texts[:, -1] = SOT, EOT
 
     def forward_backward() -> List[torch.Tensor]:
         tower.zero_grad(set_to_none=True)
