@@ -1,22 +1,28 @@
-"""The fused scan ops' forward and backward at climp-tiny's shapes, against the C kernel of another
-git revision, in one process.
+"""climp's fused ops' forward and backward at climp-tiny's shapes, against the C kernel of
+another git revision, in one process.
 
 `--op ss2d`: `climp::ss2d_scan` and its backward at the image tower's four stage shapes (batch 64;
 maps 16x16, 8x8, 4x4, 2x2 with d_inner 128, 128, 256, 512 and dt rank 4, 4, 8, 16; d_state 1).
 `--op mamba1d`: `climp::mamba1d_scan` and its backward at the text tower's shape (batch 64, 77
-tokens, d_inner 256, dt rank 8, d_state 16) and two others. The ops are called as the models call
-them; with --against REV the C sources of that revision are compiled with this checkout's flags
-into a temporary directory, and the ops run on that library in turn with this checkout's
-(`cpu_build`'s loaded library is swapped, so REV's kernels must take the same arguments). The two
-take turns for --rounds interleaved rounds, so load from other processes hits both alike; the
-table gives each one's median time, their ratio and the largest difference of their results
-relative to the largest value.
+tokens, d_inner 256, dt rank 8, d_state 16) and two others. `--op conv1d`:
+`climp::causal_conv1d_silu` and its backward as the text tower's mixer calls them (x the
+channel-last first half of the in_proj output, kernel 4, with bias; batch 64, 77 tokens,
+d_inner 256) and two others. `--op text-tower`: climp-tiny's whole text tower (batch 64, 77
+tokens) in training mode, all its kernels on one library: forward, and forward + backward in the
+bwd columns. The ops are called as the models call them; with --against REV the C sources of
+that revision are compiled with this checkout's flags into a temporary directory, and the ops
+run on that library in turn with this checkout's (`cpu_build`'s loaded library is swapped, so
+REV's kernels must take the same arguments). The two take turns for --rounds interleaved rounds,
+so load from other processes hits both alike; the table gives each one's median time, their
+ratio and the largest difference of their results relative to the largest value.
 
 --cpu-time measures CPU time (time.process_time) on one thread instead of wall time, which other
 processes on a busy machine barely change.
 
   python benchmarks/kernel_ab.py --op ss2d --against 7041a01
   python benchmarks/kernel_ab.py --op mamba1d --against 7041a01 --cpu-time
+  python benchmarks/kernel_ab.py --op conv1d --against e2493de --cpu-time
+  python benchmarks/kernel_ab.py --op text-tower --against e2493de --cpu-time
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from pathlib import Path
 from statistics import median
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from common import add_clock_arguments, set_up_clock
+from common import EOT, SOT, add_clock_arguments, set_up_clock
 
 import torch
 
@@ -43,6 +49,12 @@ from climp.ops import cpu_build
 SS2D_SHAPES = [(64, 16, 16, 128, 4), (64, 8, 8, 128, 4), (64, 4, 4, 256, 8), (64, 2, 2, 512, 16)]
 # (batch, length, d_inner, dt rank, d_state): climp-tiny's text tower, a long caption, a batch of one
 MAMBA1D_SHAPES = [(64, 77, 256, 8, 16), (8, 1024, 256, 8, 16), (1, 77, 256, 8, 16)]
+# (batch, length, d_inner, kernel): the same three
+CONV1D_SHAPES = [(64, 77, 256, 4), (8, 1024, 256, 4), (1, 77, 256, 4)]
+# (batch, length, d_model) of climp-tiny's text tower
+TEXT_TOWER_SHAPES = [(64, 77, 128)]
+# the C functions (name_{fwd,bwd}_{f32,f64}) the ops call
+KERNEL_FUNCTIONS = ("selective_scan", "ss2d", "mamba1d", "causal_conv_silu", "rms_norm", "dwconv2d_silu")
 
 
 def kernel_of_revision(rev: str, build_dir: Path) -> ctypes.CDLL:
@@ -59,10 +71,12 @@ def kernel_of_revision(rev: str, build_dir: Path) -> ctypes.CDLL:
            *map(str, sorted(src.glob("*.c"))), *cpu_build._link_flags(), "-lm"]
     subprocess.run(cmd, check=True)
     lib, ours = ctypes.CDLL(str(target)), cpu_build.load_cpu_kernel()
-    for op in ("ss2d", "mamba1d"):
+    for op in KERNEL_FUNCTIONS:
         for part in ("fwd", "bwd"):
             for suffix in ("f32", "f64"):
                 name = f"{op}_{part}_{suffix}"
+                if not hasattr(lib, name):
+                    continue
                 getattr(lib, name).argtypes = getattr(ours, name).argtypes
                 getattr(lib, name).restype = None
     return lib
@@ -111,9 +125,44 @@ def mamba1d_calls(shape: Tuple[int, ...]) -> Tuple[Callable, Callable]:
             lambda: list(torch.ops.climp.mamba1d_scan_backward(*args, grad_out)))
 
 
+def conv1d_calls(shape: Tuple[int, ...]) -> Tuple[Callable, Callable]:
+    """(forward, backward) of `climp::causal_conv1d_silu` on x as the mixer passes it: the
+    (batch, d_inner, length) view of the first half of a (batch, length, 2 d_inner) tensor."""
+    batch, length, dim, kernel = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, length, 2 * dim, generator=g)[..., :dim].transpose(1, 2)
+    weight = torch.randn(dim, 1, kernel, generator=g) * 0.5
+    bias = torch.randn(dim, generator=g) * 0.5
+    grad_out = torch.randn(batch, length, dim, generator=g).transpose(1, 2)
+    args = (x, weight, bias)
+    return (lambda: [torch.ops.climp.causal_conv1d_silu(*args, True)],
+            lambda: list(torch.ops.climp.causal_conv1d_silu_backward(*args, grad_out, True)))
+
+
+def text_tower_calls(shape: Tuple[int, ...]) -> Tuple[Callable, Callable]:
+    """(forward, forward + backward) of climp-tiny's text tower on fixed random captions; the
+    second returns the parameters' gradients."""
+    import climp
+
+    batch, length, _ = shape
+    torch.manual_seed(0)
+    tower = climp.create_model("climp-tiny").train().text
+    texts = torch.randint(1, SOT, (batch, length), generator=torch.Generator().manual_seed(0))
+    texts[:, 0], texts[:, -1] = SOT, EOT
+
+    def forward_backward() -> List[torch.Tensor]:
+        tower.zero_grad(set_to_none=True)
+        tower(texts).sum().backward()
+        return [p.grad for p in tower.parameters() if p.grad is not None]
+
+    return (lambda: [tower(texts)], forward_backward)
+
+
 # op -> (shapes, calls of a shape, what a shape lists, how many of a shape's leading sizes make u)
 OPS = {"ss2d": (SS2D_SHAPES, ss2d_calls, "(batch, H, W, d_inner, rank)", 4),
-       "mamba1d": (MAMBA1D_SHAPES, mamba1d_calls, "(batch, length, d_inner, rank, d_state)", 3)}
+       "mamba1d": (MAMBA1D_SHAPES, mamba1d_calls, "(batch, length, d_inner, rank, d_state)", 3),
+       "conv1d": (CONV1D_SHAPES, conv1d_calls, "(batch, length, d_inner, kernel)", 3),
+       "text-tower": (TEXT_TOWER_SHAPES, text_tower_calls, "(batch, length, d_model)", 3)}
 
 
 def relative_difference(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:

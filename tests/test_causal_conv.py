@@ -1,6 +1,7 @@
 """causal_conv1d_silu (the CPU custom op and the PyTorch-ops path) against F.conv1d + SiLU:
 values, every gradient (float64 gradcheck), odd sizes, batch 1, strided input, determinism at
-two threads, meta device, double backward."""
+two threads, meta device, double backward; the channel-last kernel path as the fused mixer calls
+it (odd dims, lengths below the kernel, every kernel size, float32 and float64)."""
 import pytest
 import torch
 
@@ -63,6 +64,61 @@ def test_float32_strided_input_as_the_mixer_passes_it(impl):
     theirs = torch.autograd.grad(ref.sum(), (xz, w, b))
     for a, r in zip(mine, theirs):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+def _mixer_view(batch, dim, length, kernel, dtype, seed=0):
+    """x as the fused mixer passes it (the (batch, dim, length) view of the first half of a
+    (batch, length, 2 dim) in_proj output: unit channel stride), weight, bias, and an output
+    gradient in the channel-last layout the op returns."""
+    g = torch.Generator().manual_seed(seed)
+    xz = torch.randn(batch, length, 2 * dim, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(dim, 1, kernel, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(dim, generator=g, dtype=dtype, requires_grad=True)
+    grad = torch.randn(batch, length, dim, generator=g, dtype=dtype).transpose(1, 2)
+    return xz, xz[..., :dim].transpose(1, 2), w, b, grad
+
+
+# dims around the vector widths (8 and 16 lanes), lengths below, at and above the kernel, batch 1,
+# the kernel sizes with their own code (3, 4), others, and one too long for the channel-last sweeps
+@pytest.mark.parametrize("batch,dim,length,kernel", [
+    (2, 13, 9, 4), (1, 16, 7, 4), (3, 17, 12, 4), (2, 40, 2, 4), (1, 5, 1, 4), (2, 33, 3, 3),
+    (2, 24, 6, 3), (1, 9, 5, 2), (2, 7, 4, 1), (2, 19, 11, 5), (1, 48, 4, 5), (2, 6, 80, 70)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_last_path_matches_conv1d(batch, dim, length, kernel, dtype):
+    xz, x, w, b, grad = _mixer_view(batch, dim, length, kernel, dtype)
+    out = causal_conv1d_silu(x, w, b, channel_last=True)
+    assert out.transpose(1, 2).is_contiguous()
+    ref = causal_conv1d_silu_reference(*(t.double() for t in (x, w, b)))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    mine = torch.autograd.grad(out, (xz, w, b), grad)
+    theirs = torch.autograd.grad(ref, (xz, w, b), grad.double())
+    for a, r in zip(mine, theirs):
+        torch.testing.assert_close(a.double(), r.double(), rtol=tol, atol=tol * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("batch,dim,length,kernel", [(2, 19, 6, 4), (1, 5, 3, 4), (2, 6, 5, 3), (1, 3, 4, 2)])
+def test_channel_last_path_gradcheck_float64(batch, dim, length, kernel):
+    _, x, w, b, _ = _mixer_view(batch, dim, length, kernel, torch.float64)
+    x = x.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: causal_conv1d_silu(x, w, b, channel_last=True), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: causal_conv1d_silu(x, w, None, channel_last=True), (x, w))
+
+
+def test_channel_last_path_bit_identical_at_one_two_and_three_threads():
+    xz, x, w, b, grad = _mixer_view(3, 72, 30, 4, torch.float32, seed=5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out = causal_conv1d_silu(x, w, b, channel_last=True)
+            results.append((out, *torch.autograd.grad(out, (xz, w, b), grad)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)
 
 
 def test_bit_identical_gradients_twice_at_two_threads():

@@ -6,7 +6,8 @@
  * start), out = silu(pre). The rows of CONV_CHUNK neighbouring channels are gathered together
  * into zero-padded scratch rows (one read of each cache line of a channel-last x), so the loops
  * over steps run on contiguous, SIMD-width-padded arrays. When x, out (and dout, dx) all have a
- * unit channel stride, a channel-last path runs instead (conv_cl_*: lane = channel, no gather).
+ * unit channel stride and the kernel at most CONV_CL_MAX_KERNEL taps, a channel-last path runs
+ * instead (conv_cl_*: lane = channel, no gather).
  * The backward recomputes pre.
  * Deterministic: the backward splits channels over threads (a fixed contiguous range each), so
  * each channel's dw and dbias are summed by one thread in a fixed order (batch element by batch
@@ -76,119 +77,195 @@ static inline REAL FN(conv_dot)(const REAL *a, const REAL *b, int64_t n) {
 }
 
 /* Channel-last path (x, out, dout and dx all with unit channel stride, as the fused 1D mixer
- * passes them): vector lane = channel, so each step is K vector multiply-adds on the rows as
- * they lie, with no gather. Blocks of LANES channels; the weights as K vectors per block. */
-/* Taps of channels d0 .. d0 + count - 1 as vectors wv[k], and their bias (0 beyond count). */
-static inline VEC FN(conv_cl_weights)(const REAL *w, const REAL *bias, int64_t d0, int count, int64_t kernel,
-                                      VEC *wv) {
-    VEC bv = {0};
-    for (int64_t k = 0; k < kernel; ++k) wv[k] = (VEC){0};
-    for (int j = 0; j < count; ++j) {
-        for (int64_t k = 0; k < kernel; ++k) wv[k][j] = w[(d0 + j) * kernel + k];
-        if (bias) bv[j] = bias[d0 + j];
-    }
-    return bv;
+ * passes them): vector lane = channel, so each step works on the rows as they lie, with no
+ * gather. float32 runs 16 lanes where AVX-512 is available (a vector is one 64-byte line of a
+ * row; the 16-lane exp2 of ss2d_impl.h, included before this file), float64 VEC's 8 doubles.
+ * A block of CLANES channels of one batch element is swept over the steps with its taps, bias and
+ * the last K inputs (and, backward, K values of dpre and the tap and bias gradients) in
+ * registers: one load of x per step, and the backward runs from the last step down so that dx[t]
+ * = sum_k w[k] dpre[t + K - 1 - k] is ready when dpre[t] is, and dpre never goes to memory.
+ * Specialised by inlining for full blocks with K = 4 and 3 (the taps' loops unroll), and the loops
+ * over steps unrolled by 4, so that shifting a window is renaming registers. */
+#if CLIMP_SS2D_FLOAT32 && defined(__AVX512F__)
+#define CVEC ss2d_v16
+#define CLANES 16
+#define CEXP_NEG(x) ss2d_exp2_16((x) * -1.44269504088896341f)
+#else
+#define CVEC VEC
+#define CLANES LANES
+#define CEXP_NEG(x) VEXP(-(x))
+#endif
+#define CONV_INLINE static inline __attribute__((always_inline))
+#ifndef CONV_CL_MAX_KERNEL
+#define CONV_CL_MAX_KERNEL 64 /* a sweep keeps 4 kernel-long arrays of vectors on the stack */
+#endif
+/* Steps ahead of a sweep whose rows are prefetched: consecutive steps are a row (1-2 KiB) apart,
+ * a stride the hardware prefetchers do not follow; a sweep over rows not in cache takes 10-25%
+ * less time, one over cached rows the same. Past the sweep's last step the address is that of a
+ * later item's rows, or outside the tensor, which a prefetch may be (it never faults): integer
+ * arithmetic forms it. */
+#define CONV_PREFETCH 16
+#define CONV_PREFETCH_AT(p, offset, write) \
+    __builtin_prefetch((const void *)((uintptr_t)(p) + (uintptr_t)((offset) * (int64_t)sizeof(REAL))), write)
+
+/* The first `count` (<= CLANES) elements of p as a vector, zeros beyond; and the inverse store. */
+CONV_INLINE CVEC FN(conv_cl_load)(const REAL *p, int count) {
+    CVEC v = {0};
+    if (count == CLANES)
+        memcpy(&v, p, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) v[j] = p[j];
+    return v;
 }
 
-/* pre at step t of one block (x at the block's first channel). */
-static inline VEC FN(conv_cl_pre)(const REAL *x, int64_t st, int64_t t, const VEC *wv, VEC bv, int64_t kernel,
-                                  int count) {
-    VEC acc = bv;
-    for (int64_t k = 0; k < kernel; ++k) {
-        int64_t tt = t - kernel + 1 + k;
-        if (tt >= 0) acc += wv[k] * FN(vec_load_n)(x + tt * st, count);
-    }
-    return acc;
+CONV_INLINE void FN(conv_cl_store)(REAL *p, CVEC v, int count) {
+    if (count == CLANES)
+        memcpy(p, &v, sizeof v);
+    else
+        for (int j = 0; j < count; ++j) p[j] = v[j];
 }
+
+/* The taps, then the bias, as kernel + 1 rows of `stride` (dim rounded up to CLANES, zeros
+ * beyond dim) elements: a block's tap k is one vector at row k. */
+static REAL *FN(conv_cl_table)(const REAL *w, const REAL *bias, int64_t dim, int64_t kernel, int64_t *stride) {
+    *stride = (dim + CLANES - 1) / CLANES * CLANES;
+    REAL *table = scratch_alloc((size_t)((kernel + 1) * *stride) * sizeof(REAL));
+    memset(table, 0, (size_t)((kernel + 1) * *stride) * sizeof(REAL));
+    for (int64_t d = 0; d < dim; ++d) {
+        for (int64_t k = 0; k < kernel; ++k) table[k * *stride + d] = w[d * kernel + k];
+        if (bias) table[kernel * *stride + d] = bias[d];
+    }
+    return table;
+}
+
+/* out = silu(pre) of one block over all steps (x, out at the block's first channel; tab at the
+ * block's column of the table). */
+CONV_INLINE void FN(conv_cl_fwd_sweep)(const REAL *x, int64_t st, const REAL *tab, int64_t stride, REAL *out,
+                                       int64_t ost, int64_t len, int64_t kernel, int count) {
+    CVEC wv[kernel], win[kernel]; /* win[k] = x[t - kernel + 1 + k] */
+    for (int64_t k = 0; k < kernel; ++k) {
+        memcpy(&wv[k], tab + k * stride, sizeof(CVEC));
+        win[k] = (CVEC){0};
+    }
+    CVEC bv;
+    memcpy(&bv, tab + kernel * stride, sizeof bv);
+#pragma GCC unroll 4
+    for (int64_t t = 0; t < len; ++t) {
+        for (int64_t k = 0; k + 1 < kernel; ++k) win[k] = win[k + 1];
+        CONV_PREFETCH_AT(x, (t + CONV_PREFETCH) * st, 0);
+        CONV_PREFETCH_AT(out, (t + CONV_PREFETCH) * ost, 1);
+        win[kernel - 1] = FN(conv_cl_load)(x + t * st, count);
+        CVEC pre = bv;
+        for (int64_t k = 0; k < kernel; ++k) pre += wv[k] * win[k];
+        FN(conv_cl_store)(out + t * ost, pre * (1 / (1 + CEXP_NEG(pre))), count); /* pre * VSIGMOID(pre) */
+    }
+}
+
+/* dx of one block over all steps, last step first, and its tap and bias gradients added to
+ * grads[0 .. kernel - 1] and grads[kernel]. */
+CONV_INLINE void FN(conv_cl_bwd_sweep)(const REAL *x, int64_t st, const REAL *dout, int64_t gst, REAL *dx,
+                                       int64_t ost, const REAL *tab, int64_t stride, CVEC *grads, int64_t len,
+                                       int64_t kernel, int count) {
+    CVEC wv[kernel], dwv[kernel], win[kernel], dpre[kernel]; /* win[k] = x[t - kernel + 1 + k], dpre[j] at t + j */
+    for (int64_t k = 0; k < kernel; ++k) {
+        memcpy(&wv[k], tab + k * stride, sizeof(CVEC));
+        dwv[k] = grads[k];
+        int64_t tt = len - kernel + k;
+        win[k] = tt >= 0 ? FN(conv_cl_load)(x + tt * st, count) : (CVEC){0};
+        dpre[k] = (CVEC){0};
+    }
+    CVEC bv, dbv = grads[kernel];
+    memcpy(&bv, tab + kernel * stride, sizeof bv);
+#pragma GCC unroll 4
+    for (int64_t t = len - 1; t >= 0; --t) {
+        CONV_PREFETCH_AT(x, (t - CONV_PREFETCH - kernel) * st, 0);
+        CONV_PREFETCH_AT(dout, (t - CONV_PREFETCH) * gst, 0);
+        CONV_PREFETCH_AT(dx, (t - CONV_PREFETCH) * ost, 1);
+        CVEC pre = bv;
+        for (int64_t k = 0; k < kernel; ++k) pre += wv[k] * win[k];
+        CVEC sig = 1 / (1 + CEXP_NEG(pre));
+        CVEC d = FN(conv_cl_load)(dout + t * gst, count) * sig * (1 + pre * (1 - sig));
+        for (int64_t j = kernel - 1; j > 0; --j) dpre[j] = dpre[j - 1];
+        dpre[0] = d;
+        dbv += d;
+        for (int64_t k = 0; k < kernel; ++k) dwv[k] += d * win[k];
+        CVEC acc = wv[0] * dpre[kernel - 1];
+        for (int64_t k = 1; k < kernel; ++k) acc += wv[k] * dpre[kernel - 1 - k];
+        FN(conv_cl_store)(dx + t * ost, acc, count);
+        for (int64_t k = kernel - 1; k > 0; --k) win[k] = win[k - 1];
+        win[0] = t >= kernel ? FN(conv_cl_load)(x + (t - kernel) * st, count) : (CVEC){0};
+    }
+    for (int64_t k = 0; k < kernel; ++k) grads[k] = dwv[k];
+    grads[kernel] = dbv;
+}
+
+/* A sweep for a block of `count` channels, with the kernel size a constant where it has its
+ * own code. */
+#define CONV_CL_DISPATCH(SWEEP, kernel, count, ...)                        \
+    do {                                                                   \
+        if ((count) == CLANES && (kernel) == 4)                            \
+            SWEEP(__VA_ARGS__, 4, CLANES);                                 \
+        else if ((count) == CLANES && (kernel) == 3)                       \
+            SWEEP(__VA_ARGS__, 3, CLANES);                                 \
+        else                                                               \
+            SWEEP(__VA_ARGS__, kernel, count);                             \
+    } while (0)
 
 static void FN(conv_cl_fwd)(const REAL *x, int64_t sb, int64_t st, const REAL *w, const REAL *bias, REAL *out,
                             int64_t osb, int64_t ost, int64_t batch, int64_t dim, int64_t len, int64_t kernel,
                             int nthreads) {
-    int64_t nblocks = (dim + LANES - 1) / LANES;
+    int64_t nblocks = (dim + CLANES - 1) / CLANES, stride;
+    REAL *table = FN(conv_cl_table)(w, bias, dim, kernel, &stride);
+    advise_huge_pages(out, (size_t)((batch - 1) * osb + (len - 1) * ost + dim) * sizeof(REAL));
 #pragma omp parallel num_threads(nthreads)
     {
-        VEC *wv = scratch_alloc(kernel * sizeof(VEC));
         int64_t begin, end;
         climp_thread_range(batch * nblocks, &begin, &end);
         for (int64_t item = begin; item < end; ++item) {
-            int64_t b = item / nblocks, d0 = item % nblocks * LANES;
-            int count = dim - d0 < LANES ? (int)(dim - d0) : LANES;
-            VEC bv = FN(conv_cl_weights)(w, bias, d0, count, kernel, wv);
-            const REAL *xb = x + b * sb + d0;
-            REAL *ob = out + b * osb + d0;
-            for (int64_t t = 0; t < len; ++t) {
-                VEC pre = FN(conv_cl_pre)(xb, st, t, wv, bv, kernel, count);
-                FN(vec_store_n)(ob + t * ost, pre * VSIGMOID(pre), count);
-            }
+            int64_t b = item / nblocks, d0 = item % nblocks * CLANES;
+            int count = dim - d0 < CLANES ? (int)(dim - d0) : CLANES;
+            CONV_CL_DISPATCH(FN(conv_cl_fwd_sweep), kernel, count, x + b * sb + d0, st, table + d0, stride,
+                             out + b * osb + d0, ost, len);
         }
-        free(wv);
     }
+    free(table);
 }
 
-/* Threads own contiguous ranges of channel blocks, walked together for each batch element (the
- * blocks share the rows' cache lines); each block's dw and dbias are summed by its thread over
- * batch elements and steps in order: the same bits at any thread count. */
+/* Threads own contiguous ranges of channel blocks; each block's dw and dbias are summed by its
+ * thread over batch elements in order (and steps from the last down): the same bits at any
+ * thread count. */
 static void FN(conv_cl_bwd)(const REAL *x, int64_t sb, int64_t st, const REAL *w, const REAL *bias,
                             const REAL *dout, int64_t gsb, int64_t gst, REAL *dx, int64_t osb, int64_t ost, REAL *dw,
                             REAL *dbias, int64_t batch, int64_t dim, int64_t len, int64_t kernel, int nthreads) {
-    int64_t nblocks = (dim + LANES - 1) / LANES;
+    int64_t nblocks = (dim + CLANES - 1) / CLANES, stride;
+    REAL *table = FN(conv_cl_table)(w, bias, dim, kernel, &stride);
+    advise_huge_pages(dx, (size_t)((batch - 1) * osb + (len - 1) * ost + dim) * sizeof(REAL));
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t begin, end;
         climp_thread_range(nblocks, &begin, &end);
-        int64_t mine = end - begin;
-        /* per owned block: taps, bias, tap and bias gradients; one dpre row (zero from len on) */
-        VEC *wv = scratch_alloc(((2 * kernel + 2) * (mine ? mine : 1) + len + kernel) * sizeof(VEC));
-        VEC *bv = wv + kernel * mine, *dwv = bv + mine, *dbv = dwv + kernel * mine, *dpre = dbv + mine;
-        for (int64_t i = 0; i < mine; ++i) {
-            int64_t d0 = (begin + i) * LANES;
-            int count = dim - d0 < LANES ? (int)(dim - d0) : LANES;
-            bv[i] = FN(conv_cl_weights)(w, bias, d0, count, kernel, wv + i * kernel);
-            dbv[i] = (VEC){0};
-            for (int64_t k = 0; k < kernel; ++k) dwv[i * kernel + k] = (VEC){0};
-        }
-        for (int64_t t = len; t < len + kernel; ++t) dpre[t] = (VEC){0};
-        for (int64_t b = 0; b < batch; ++b)
-            for (int64_t i = 0; i < mine; ++i) {
-                int64_t d0 = (begin + i) * LANES;
-                int count = dim - d0 < LANES ? (int)(dim - d0) : LANES;
-                const VEC *wi = wv + i * kernel;
-                VEC *dwi = dwv + i * kernel, dbi = dbv[i];
-                const REAL *xb = x + b * sb + d0, *gb = dout + b * gsb + d0;
-                for (int64_t t = 0; t < len; ++t) {
-                    VEC pre = FN(conv_cl_pre)(xb, st, t, wi, bv[i], kernel, count), sig = VSIGMOID(pre);
-                    VEC d = FN(vec_load_n)(gb + t * gst, count) * sig * (1 + pre * (1 - sig));
-                    dpre[t] = d;
-                    dbi += d;
-                    for (int64_t k = 0; k < kernel; ++k) {
-                        int64_t tt = t - kernel + 1 + k;
-                        if (tt >= 0) dwi[k] += d * FN(vec_load_n)(xb + tt * st, count);
-                    }
-                }
-                dbv[i] = dbi;
-                REAL *dxb = dx + b * osb + d0;
-                for (int64_t t = 0; t < len; ++t) {
-                    VEC acc = {0};
-                    for (int64_t k = 0; k < kernel; ++k) acc += wi[k] * dpre[t + kernel - 1 - k];
-                    FN(vec_store_n)(dxb + t * ost, acc, count);
-                }
-            }
-        for (int64_t i = 0; i < mine; ++i) {
-            int64_t d0 = (begin + i) * LANES;
-            int count = dim - d0 < LANES ? (int)(dim - d0) : LANES;
+        CVEC *grads = scratch_alloc((size_t)(kernel + 1) * sizeof(CVEC));
+        for (int64_t blk = begin; blk < end; ++blk) {
+            int64_t d0 = blk * CLANES;
+            int count = dim - d0 < CLANES ? (int)(dim - d0) : CLANES;
+            for (int64_t k = 0; k <= kernel; ++k) grads[k] = (CVEC){0};
+            for (int64_t b = 0; b < batch; ++b)
+                CONV_CL_DISPATCH(FN(conv_cl_bwd_sweep), kernel, count, x + b * sb + d0, st, dout + b * gsb + d0, gst,
+                                 dx + b * osb + d0, ost, table + d0, stride, grads, len);
             for (int j = 0; j < count; ++j) {
-                for (int64_t k = 0; k < kernel; ++k) dw[(d0 + j) * kernel + k] = dwv[i * kernel + k][j];
-                if (dbias) dbias[d0 + j] = dbv[i][j];
+                for (int64_t k = 0; k < kernel; ++k) dw[(d0 + j) * kernel + k] = grads[k][j];
+                if (dbias) dbias[d0 + j] = grads[kernel][j];
             }
         }
-        free(wv);
+        free(grads);
     }
+    free(table);
 }
 
 void FN(causal_conv_silu_fwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st, const REAL *w, const REAL *bias,
                               REAL *out, int64_t osb, int64_t osd, int64_t ost, int64_t batch, int64_t dim,
                               int64_t len, int64_t kernel, int nthreads) {
-    if (sd == 1 && osd == 1) {
+    if (sd == 1 && osd == 1 && kernel <= CONV_CL_MAX_KERNEL) {
         FN(conv_cl_fwd)(x, sb, st, w, bias, out, osb, ost, batch, dim, len, kernel, nthreads);
         return;
     }
@@ -217,7 +294,7 @@ void FN(causal_conv_silu_bwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
                               const REAL *dout, int64_t gsb, int64_t gsd, int64_t gst, REAL *dx, int64_t osb,
                               int64_t osd, int64_t ost, REAL *dw, REAL *dbias, int64_t batch, int64_t dim,
                               int64_t len, int64_t kernel, int nthreads) {
-    if (sd == 1 && gsd == 1 && osd == 1) {
+    if (sd == 1 && gsd == 1 && osd == 1 && kernel <= CONV_CL_MAX_KERNEL) {
         FN(conv_cl_bwd)(x, sb, st, w, bias, dout, gsb, gst, dx, osb, ost, dw, dbias, batch, dim, len, kernel, nthreads);
         return;
     }
@@ -261,3 +338,12 @@ void FN(causal_conv_silu_bwd)(const REAL *x, int64_t sb, int64_t sd, int64_t st,
         free(s.xp);
     }
 }
+
+#undef CVEC
+#undef CLANES
+#undef CEXP_NEG
+#undef CONV_INLINE
+#undef CONV_CL_DISPATCH
+#undef CONV_CL_MAX_KERNEL
+#undef CONV_PREFETCH
+#undef CONV_PREFETCH_AT
