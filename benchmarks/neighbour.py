@@ -4,8 +4,9 @@ A "busy neighbour" is a second Python process spinning on the CPU (what another 
 machine does). One step is forward + CLIP loss + backward of a synthetic batch. Rounds alternate
 alone / with neighbour, each model a few steps per round; the table reports each model's median
 step time in both states and their ratio, all measured in this one run. The OpenMP wait policy
-in effect is printed: climp's default is PASSIVE (idle threads sleep);
-`OMP_WAIT_POLICY=ACTIVE python benchmarks/neighbour.py` measures spinning threads instead.
+in effect is printed: climp's default is PASSIVE with GOMP_SPINCOUNT=1000 (idle threads spin a
+few microseconds, then sleep); `OMP_WAIT_POLICY=ACTIVE python benchmarks/neighbour.py` measures
+spinning threads instead, `GOMP_SPINCOUNT=0 python benchmarks/neighbour.py` threads that sleep at once.
 
   python benchmarks/neighbour.py                 # batch 64, 64 px, 3 rounds of 3 steps
   python benchmarks/neighbour.py --batch 16 --rounds 2 --steps 2
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
     print(f"\nbatch {args.batch}, {args.size} px, torch threads {args.threads}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '(unset)')}, "
           f"{os.cpu_count()} CPUs, medians of {args.rounds} x {args.steps} steps per state\ncommand: {command}")
     return 0
 

@@ -220,14 +220,15 @@ def test_kernel_shares_torchs_openmp_runtime():
     assert len(mapped) == 1, f"more than one OpenMP runtime loaded: {mapped}"
 
 
-def test_import_climp_makes_idle_openmp_threads_sleep_unless_told_otherwise():
+def test_import_climp_makes_idle_openmp_threads_sleep_after_a_short_spin_unless_told_otherwise():
     import os
     import subprocess
     import sys
 
-    code = "import climp, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    for preset, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
-        run_env = dict(env, **({"OMP_WAIT_POLICY": preset} if preset else {}))
-        result = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True)
+    code = "import climp, os; print(os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    for preset, expected in (({}, "PASSIVE 1000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE 1000"),
+                             ({"GOMP_SPINCOUNT": "0"}, "PASSIVE 0")):
+        result = subprocess.run([sys.executable, "-c", code], env=dict(env, **preset), capture_output=True,
+                                text=True, check=True)
         assert result.stdout.strip() == expected
