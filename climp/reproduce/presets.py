@@ -98,7 +98,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in [
         name="quick",
         description="one seed, short training, small evaluation sets, a cheap Hessian",
         seeds=(0,),
-        train=_train(steps=400, batch_size=32, warmup=20, train_samples=12800, eval_samples=32,
+        train=_train(steps=450, batch_size=32, warmup=20, train_samples=14400, eval_samples=32,
                      retrieval_samples=32, save_every=100),
         spurious_training=True,
         eval_tasks=("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness",
