@@ -3,7 +3,6 @@ text towers: the rewrites are exact no-ops for a normalising tokenizer and not f
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import climp
 from climp.data import synthetic

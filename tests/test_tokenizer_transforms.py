@@ -1,5 +1,4 @@
 """Tokenizer (dynamic padding, truncation keeping EOT) and transforms at any resolution."""
-import json
 
 import pytest
 import torch
