@@ -165,27 +165,6 @@ def test_conv_channel_last_output_equals_channel_first():
     assert torch.autograd.gradcheck(lambda x, w, b: causal_conv1d_silu(x, w, b, channel_last=True), (x, w, b))
 
 
-@needs_kernel
-def test_channel_last_conv_gradients_are_bit_identical_at_one_and_two_threads():
-    g = torch.Generator().manual_seed(4)
-    xz = torch.randn(16, 40, 2 * 100, generator=g, requires_grad=True)
-    w = torch.randn(100, 1, 4, generator=g, requires_grad=True)
-    b = torch.randn(100, generator=g, requires_grad=True)
-    grad = torch.randn(16, 40, 100, generator=g).transpose(1, 2)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2, 2):
-            torch.set_num_threads(n)
-            out = causal_conv1d_silu(xz.chunk(2, dim=-1)[0].transpose(1, 2), w, b, channel_last=True)
-            results.append((out, *torch.autograd.grad(out, (xz, w, b), grad)))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            assert torch.equal(a, c)
-
-
 def mixer_pair(dtype, unfused_backend="cpu", **kwargs):
     torch.manual_seed(0)
     fused_mixer = MambaMixer(**kwargs).to(dtype)

@@ -92,7 +92,7 @@ class TrainConfig(FromDict):
         "data-loader worker processes (0 loads in the main process); the run is the same bit for bit "
         "with any count"))
     # optimisation
-    steps: int = setting(1000, group=OPTIM, help="optimizer steps to train for")
+    steps: int = setting(1200, group=OPTIM, help="optimizer steps to train for")
     batch_size: int = setting(64, group=OPTIM, help=(
         "images per rank per micro-batch (global batch = this x ranks x --accum-freq)"))
     accum_freq: int = setting(1, group=OPTIM, help=(

@@ -65,8 +65,9 @@ static inline __attribute__((always_inline)) ss2d_v16 ss2d_exp2_16(ss2d_v16 x) {
     return ss2d_exp2_inrange16(ss2d_min16(ss2d_max16(x, zero - 125.0f), zero + 127.0f));
 }
 
-/* vsoftplus_f32 on 16 lanes (same polynomial, same sigmoid). */
-static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
+/* The shared first half of the softplus below: y = exp(-|x|), and sigmoid(x) into *sig when sig
+ * is not NULL; softplus(x) = max(x, 0) + log1p(y). */
+static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus_y16(ss2d_v16 x, ss2d_v16 *sig) {
     const ss2d_v16 zero = {0};
     ss2d_v16 y = ss2d_exp2_inrange16(
         ss2d_max16((ss2d_v16)((ss2d_i16)x & 0x7fffffff) * -1.44269504088896341f, zero - 125.0f));
@@ -75,6 +76,13 @@ static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus16(ss2d_v16 x
         ss2d_i16 neg = x < zero;
         *sig = (ss2d_v16)(((ss2d_i16)(y * inv) & neg) | ((ss2d_i16)inv & ~neg));
     }
+    return y;
+}
+
+/* vsoftplus_f32 on 16 lanes (same polynomial, same sigmoid). */
+static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
+    const ss2d_v16 zero = {0};
+    ss2d_v16 y = ss2d_softplus_y16(x, sig);
     ss2d_v16 q = LOG1P_OVER_Y(y);
     return ss2d_max16(x, zero) + y * q;
 }
@@ -84,13 +92,7 @@ static inline __attribute__((always_inline)) ss2d_v16 ss2d_softplus16(ss2d_v16 x
  * chain, the scan's limit: a step's dt feeds its exp and the recurrence. */
 static inline __attribute__((always_inline)) ss2d_v16 ss2d_scan_softplus16(ss2d_v16 x, ss2d_v16 *sig) {
     const ss2d_v16 zero = {0};
-    ss2d_v16 y = ss2d_exp2_inrange16(
-        ss2d_max16((ss2d_v16)((ss2d_i16)x & 0x7fffffff) * -1.44269504088896341f, zero - 125.0f));
-    if (sig) {
-        ss2d_v16 inv = 1.0f / (1.0f + y);
-        ss2d_i16 neg = x < zero;
-        *sig = (ss2d_v16)(((ss2d_i16)(y * inv) & neg) | ((ss2d_i16)inv & ~neg));
-    }
+    ss2d_v16 y = ss2d_softplus_y16(x, sig);
     ss2d_v16 y2 = y * y, y4 = y2 * y2;
     ss2d_v16 p01 = y * -4.9999493e-1f + 0.99999994f, p23 = y * -2.484298e-1f + 3.3319098e-1f;
     ss2d_v16 p45 = y * -1.366323e-1f + 1.9106e-1f, p67 = y * -2.9505106e-2f + 7.822575e-2f;
