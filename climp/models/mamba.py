@@ -49,6 +49,12 @@ def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), positions]
 
 
+def linear_rows(linear: nn.Linear, x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """linear(x)'s output channels `rows` alone: one product with that block of the weight."""
+    bias = None if linear.bias is None else linear.bias[rows]
+    return F.linear(x, linear.weight[rows], bias)
+
+
 def check_positions(positions: torch.Tensor, batch: int) -> None:
     """Raise a ValueError unless positions is one integer step per row, (batch,)."""
     if positions.shape != (batch,) or positions.dtype.is_floating_point or positions.dtype == torch.bool:
@@ -201,9 +207,7 @@ class MambaMixer(nn.Module):
 
     def in_proj_half(self, hidden: torch.Tensor, half: int) -> torch.Tensor:
         """in_proj's x (half 0) or z (half 1) output alone, (..., d_inner)."""
-        rows = slice(half * self.d_inner, (half + 1) * self.d_inner)
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
-        return F.linear(hidden, self.in_proj.weight[rows], bias)
+        return linear_rows(self.in_proj, hidden, slice(half * self.d_inner, (half + 1) * self.d_inner))
 
     def gate_at(self, y: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The ungated scan output y (B, L, d_inner) at positions, times silu(z) with z from

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from climp.ops import ssd_chunk_scan
 
-from .mamba import MambaBackbone, at_positions, mamba_init_
+from .mamba import MambaBackbone, at_positions, linear_rows, mamba_init_
 from ..config_mixin import FromDict
 
 # ----------------------------------------------------------------------------- mixer
@@ -116,7 +116,7 @@ class Mamba2Mixer(nn.Module):
                 self.in_proj(hidden), [self.d_inner, self.conv1d.in_channels, self.nheads], dim=-1
             )
         else:
-            xBC, dt = torch.split(self.in_proj_part(hidden, self.d_inner, None),
+            xBC, dt = torch.split(linear_rows(self.in_proj, hidden, slice(self.d_inner, None)),
                                   [self.conv1d.in_channels, self.nheads], dim=-1)
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length]).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
@@ -134,15 +134,10 @@ class Mamba2Mixer(nn.Module):
             chunk_size=self.chunk_size,
         ).flatten(-2)
         if positions is not None:
-            y, z = at_positions(y, positions), self.in_proj_part(at_positions(hidden, positions), 0, self.d_inner)
+            z = linear_rows(self.in_proj, at_positions(hidden, positions), slice(0, self.d_inner))
+            y = at_positions(y, positions)
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.to(y.dtype))
         return self.out_proj(y.to(hidden.dtype))
-
-    def in_proj_part(self, hidden: torch.Tensor, start: int, stop: Optional[int]) -> torch.Tensor:
-        """in_proj's output channels [start, stop) alone (z is [0, d_inner), xBC and dt follow)."""
-        rows = slice(start, stop)
-        bias = None if self.in_proj.bias is None else self.in_proj.bias[rows]
-        return F.linear(hidden, self.in_proj.weight[rows], bias)
 
 
 # ----------------------------------------------------------------------------- backbone
