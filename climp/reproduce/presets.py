@@ -115,7 +115,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in [
         name="full",
         description="three seeds, longer training, larger evaluation sets, a finer Hessian",
         seeds=(0, 1, 2),
-        train=_train(steps=500, batch_size=32, warmup=40, train_samples=16000, eval_samples=64,
+        train=_train(steps=1400, batch_size=32, warmup=110, train_samples=44800, eval_samples=64,
                      retrieval_samples=64, save_every=100),
         spurious_training=True,
         eval_tasks=("zeroshot", "retrieval", "shifts", "spurious", "ood", "resolution", "dense", "hubness",
