@@ -158,6 +158,7 @@ def test_train_on_own_files_end_to_end(own_data, tmp_path):
     assert results["skipped_by_reason"] == {"missing_image": 1}  # met twice, one sample
     assert results["truncated_captions"] == 2  # the long caption, once per epoch
     assert results["final_loss_steps"] == 2
+    assert results["samples_seen"] == 2 * 18  # the sample without an image is not counted
     assert set(results["metrics"]) >= {"val/image_to_text_R@1", "val/text_to_image_R@1"}
     assert not any(k.startswith("zeroshot_") for k in results["metrics"])
     logged = [json.loads(line) for line in (tmp_path / "runs" / "own" / "metrics.jsonl").read_text().splitlines()]

@@ -52,7 +52,7 @@ def _final_weights(cfg):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path, signum):
     full = tiny_config(tmp_path, name="full", steps=7)
-    train(full, tiny_components(dropout=0.2))
+    uninterrupted = train(full, tiny_components(dropout=0.2))
 
     cfg = tiny_config(tmp_path, name="stopped", steps=7)
     before = signal.getsignal(signum)
@@ -68,6 +68,8 @@ def test_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_p
     resumed = tiny_config(tmp_path, name="stopped", steps=7, resume="latest")
     results = train(resumed, tiny_components(dropout=0.2))
     assert results["steps"] == 7 and results["samples_seen"] == 7 * 8
+    for key in ("final_loss", "final_loss_steps", "last_step_loss"):  # the loss window was saved too
+        assert results[key] == uninterrupted[key], key
     full_weights, resumed_weights = _final_weights(full), _final_weights(resumed)
     for name, value in full_weights.items():
         assert torch.equal(resumed_weights[name], value), name

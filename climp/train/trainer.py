@@ -191,6 +191,9 @@ class Trainer:
         self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
         self.samples_seen = 0
+        # the last steps' losses behind the reported final loss; saved, so a resumed run reports
+        # the same final loss as an uninterrupted one
+        self.recent_losses: Deque[float] = deque(maxlen=FINAL_LOSS_STEPS)
         self.last_saved_step: Optional[int] = None
         self.resume_history: List[Dict[str, Any]] = []
         self.stream = BatchStream(self.components.train_dataset, self.components.collate_fn,
@@ -232,6 +235,7 @@ class Trainer:
             state = {
                 "step": self.step,
                 "samples_seen": self.samples_seen,
+                "recent_losses": list(self.recent_losses),
                 "resume_history": self.resume_history,
                 "metrics_records": count_records(self.config.run_dir / "metrics.jsonl"),
                 "data": self.stream.position,
@@ -277,6 +281,7 @@ class Trainer:
         self.samples_seen = state.get("samples_seen",
                                       self.step * saved_micro_batch * saved.get("accum_freq", 1))
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.recent_losses.extend(state.get("recent_losses", []))
         self.resume_history = list(state.get("resume_history", []))
         self.stream.epoch = state["data"]["epoch"]
         self.stream.batch_in_epoch = convert_batch_position(
@@ -360,7 +365,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        self.samples_seen += self.global_batch
+        # samples actually trained on: skipped samples leave micro-batches smaller, and after
+        # equalisation every rank's micro-batch has the same size
+        self.samples_seen += sum(len(images) for images, _ in micro_batches) * self.context.world_size
         return mean_across_ranks(loss.float(), self.context)
 
     # ------------------------------------------------------------------ eval
@@ -389,14 +396,13 @@ class Trainer:
                    disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
         window_start, window_steps = time.perf_counter(), 0
         loss = torch.tensor(float("nan"))
-        recent_losses: Deque[float] = deque(maxlen=FINAL_LOSS_STEPS)
         while self.step < config.steps:
             step_start = time.perf_counter()
             loss = self.train_step(self.stream.next_step())
             self.train_seconds += time.perf_counter() - step_start
             window_steps += 1
             bar.update(1)
-            recent_losses.append(loss.item())
+            self.recent_losses.append(loss.item())
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; "
                                          f"{_nan_loss_hint(config.precision)}")
@@ -428,10 +434,14 @@ class Trainer:
         data_report = self._data_report()
         results: Dict[str, Any] = {}
         if self.context.is_main:
-            results = self._write_results(metrics, smoothed_loss(recent_losses, loss.item()), data_report,
+            results = self._write_results(metrics, smoothed_loss(self.recent_losses, self._last_loss(loss)), data_report,
                                           time.perf_counter() - run_start)
             self.logger.close()
         return results
+
+    def _last_loss(self, loss: torch.Tensor) -> float:
+        """This process's last step's loss; a run resumed at its final step has only the saved window."""
+        return self.recent_losses[-1] if self.recent_losses else loss.item()
 
     def _data_report(self) -> Dict[str, Any]:
         """Skipped samples by reason (distinct samples, merged over ranks) and cut captions."""
