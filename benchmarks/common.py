@@ -34,7 +34,8 @@ def contrastive_step(model: torch.nn.Module, images: torch.Tensor, texts: torch.
     CLIP loss, backward, then the optimizer's update if one is given."""
     from open_clip.loss import ClipLoss
 
-    loss_fn, forward = ClipLoss(), forward or model
+    loss_fn = ClipLoss()
+    forward = model if forward is None else forward  # a compiled module has no truth value
 
     def step() -> None:
         out = forward(images, texts)

@@ -93,7 +93,7 @@ def dwconv2d_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], grad: T
         xc.data_ptr(), *xc.stride()[:3], wc.data_ptr(), None if bc is None else bc.data_ptr(), gc.data_ptr(),
         *gc.stride()[:3], dx.data_ptr(), dw.data_ptr(), None if dbias is None else dbias.data_ptr(),
         batch, height, width, dim, weight.shape[2], weight.shape[3], _threads(x))
-    return [dx.to(x.dtype), dw.t().reshape(weight.shape).to(weight.dtype),
+    return [dx.to(x.dtype), dw.t().contiguous().reshape(weight.shape).to(weight.dtype),
             weight.new_empty(0) if bias is None else dbias.to(bias.dtype)]
 
 
