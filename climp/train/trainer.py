@@ -395,7 +395,6 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=self.step, desc=f"train {config.model}",
                    disable=not (config.progress and self.context.is_main), dynamic_ncols=True)
         window_start, window_steps = time.perf_counter(), 0
-        loss = torch.tensor(float("nan"))
         while self.step < config.steps:
             step_start = time.perf_counter()
             loss = self.train_step(self.stream.next_step())
@@ -434,14 +433,14 @@ class Trainer:
         data_report = self._data_report()
         results: Dict[str, Any] = {}
         if self.context.is_main:
-            results = self._write_results(metrics, smoothed_loss(self.recent_losses, self._last_loss(loss)), data_report,
+            results = self._write_results(metrics, smoothed_loss(self.recent_losses, self._last_loss()), data_report,
                                           time.perf_counter() - run_start)
             self.logger.close()
         return results
 
-    def _last_loss(self, loss: torch.Tensor) -> float:
-        """This process's last step's loss; a run resumed at its final step has only the saved window."""
-        return self.recent_losses[-1] if self.recent_losses else loss.item()
+    def _last_loss(self) -> float:
+        """The last step's loss (saved with the window, so also after resuming at the final step)."""
+        return self.recent_losses[-1] if self.recent_losses else float("nan")
 
     def _data_report(self) -> Dict[str, Any]:
         """Skipped samples by reason (distinct samples, merged over ranks) and cut captions."""
